@@ -1,0 +1,432 @@
+"""Dataset sources: manifests, CSV/TSV tables, Common Voice folders and Hugging Face datasets.
+
+Every source becomes a list of :class:`Utterance` (audio path or encoded bytes + raw transcript).
+Nothing is decoded here: durations are measured by :mod:`asr_lightning.data.durations` and audio
+by :mod:`asr_lightning.audio.decode`. A source is named by a :class:`SourceConfig` or by a
+string shorthand:
+
+- ``train.jsonl`` / ``.json``: NeMo-style JSON lines (``audio_filepath``, ``text``, ``duration``);
+- ``table.csv`` / ``.tsv``: a table with an audio-path column and a transcript column;
+- ``cv-corpus/en`` or ``cv-corpus/en#dev``: a Common Voice release folder (``clips/`` + TSVs);
+- a folder written by ``datasets.Dataset.save_to_disk`` (``DIR`` or ``DIR#test``);
+- ``data.parquet``: a Parquet file with an audio column (as Hugging Face stores datasets);
+- ``hf:owner/name``, ``hf:owner/name:config#split``: a dataset on the Hugging Face Hub.
+
+Rows a source has to skip (a Common Voice clip that is missing) are counted and logged, never
+dropped silently: :func:`read_source` returns them with the utterances.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from asr_lightning.errors import DataSourceError
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["auto", "manifest", "csv", "common_voice", "hf_hub", "hf_disk", "parquet"]
+
+#: Prefix of the string shorthand for a dataset on the Hugging Face Hub.
+HF_PREFIX = "hf:"
+#: Separates a split from a path in the string shorthand (``cv-corpus/en#dev``).
+SPLIT_SEPARATOR = "#"
+DEFAULT_AUDIO_COLUMN = "audio"
+DEFAULT_TEXT_COLUMN = "sentence"
+#: Tried in order when the configured column is the default one and is absent.
+AUDIO_COLUMN_CANDIDATES = ("audio_filepath", "path", "audio", "file", "filename", "file_name")
+TEXT_COLUMN_CANDIDATES = ("sentence", "text", "transcript", "transcription")
+SPEAKER_COLUMN_CANDIDATES = ("speaker", "speaker_id", "client_id")
+MANIFEST_SUFFIXES = (".jsonl", ".json")
+TABLE_SUFFIXES = (".csv", ".tsv")
+PARQUET_SUFFIXES = (".parquet",)
+#: A Common Voice release folder: ``clips/`` next to one TSV per split.
+CV_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
+CV_DEFAULT_SPLIT = "train"
+CV_REQUIRED_COLUMNS = ("client_id", "path", "sentence")
+#: A skip reason is logged with at most this many example rows.
+LOGGED_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One transcribed recording, not yet decoded."""
+
+    id: str
+    audio: str | bytes  # absolute path, or the encoded file's bytes
+    text: str  # raw transcript, as the source has it
+    duration: float | None = None  # seconds, when the source states it
+    speaker: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where a dataset is and how to read it.
+
+    Args:
+        path: Manifest/CSV/TSV/Parquet file, Common Voice or ``save_to_disk`` folder, or a Hub
+            dataset id (``owner/name``, with ``kind: hf_hub``; ``hf:owner/name`` also works).
+        kind: How to read ``path``; ``auto`` decides from the file suffix or folder contents.
+        split: Split to read (Common Voice: train, dev, test, validated...; default train).
+        name: Configuration of a Hub dataset (e.g. ``en``).
+        audio_column: Column holding the audio (or its path). When left at ``audio`` and absent,
+            the first of audio_filepath, path, audio, file, filename, file_name is used.
+        text_column: Column holding the transcript. When left at ``sentence`` and absent, the
+            first of sentence, text, transcript, transcription is used.
+        streaming: Stream a Hub dataset instead of downloading it (iterate with ``iter_source``).
+        revision: Git revision (branch, tag or commit) of a Hub dataset.
+    """
+
+    path: str
+    kind: SourceKind = "auto"
+    split: str | None = None
+    name: str | None = None
+    audio_column: str = DEFAULT_AUDIO_COLUMN
+    text_column: str = DEFAULT_TEXT_COLUMN
+    streaming: bool = False
+    revision: str | None = None
+
+
+@dataclass
+class LoadedSource:
+    """Utterances read from a source, and the rows it had to skip (reason -> row names)."""
+
+    utterances: list[Utterance]
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(len(rows) for rows in self.skipped.values())
+
+
+def parse_spec(spec: str | SourceConfig) -> SourceConfig:
+    """Turn the string shorthand into a :class:`SourceConfig` (a config is returned as is)."""
+    if isinstance(spec, SourceConfig):
+        return spec
+    if spec.startswith(HF_PREFIX):
+        dataset_id, _, split = spec[len(HF_PREFIX) :].partition(SPLIT_SEPARATOR)
+        dataset_id, _, name = dataset_id.partition(":")
+        return SourceConfig(dataset_id, "hf_hub", split=split or None, name=name or None)
+    path, split = spec, None
+    if SPLIT_SEPARATOR in spec and not os.path.exists(spec):
+        path, _, split = spec.rpartition(SPLIT_SEPARATOR)
+    return SourceConfig(path, split=split or None)
+
+
+def resolve_kind(config: SourceConfig) -> SourceKind:
+    """The concrete kind of ``config`` (``auto`` resolved from the path)."""
+    if config.kind != "auto":
+        return config.kind
+    path = Path(config.path)
+    if not path.exists():
+        raise DataSourceError(
+            f"dataset source {config.path!r} does not exist. Give a manifest (.jsonl), a table "
+            "(.csv/.tsv), a Common Voice or save_to_disk folder, or hf:owner/name for the Hub."
+        )
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in MANIFEST_SUFFIXES:
+            return "manifest"
+        if suffix in TABLE_SUFFIXES:
+            return "csv"
+        if suffix in PARQUET_SUFFIXES:
+            return "parquet"
+        raise DataSourceError(
+            f"cannot tell what kind of dataset {config.path!r} is from its suffix {suffix!r}: "
+            "use .jsonl (manifest), .csv/.tsv or .parquet, or set kind explicitly"
+        )
+    if (path / "clips").is_dir() and any((path / f"{s}.tsv").is_file() for s in CV_SPLITS):
+        return "common_voice"
+    if is_saved_dataset(path):
+        return "hf_disk"
+    raise DataSourceError(
+        f"folder {config.path!r} is neither a Common Voice release (clips/ and train.tsv, "
+        "dev.tsv, test.tsv...) nor a dataset saved with datasets' save_to_disk"
+    )
+
+
+def read_source(spec: str | SourceConfig) -> LoadedSource:
+    """Read every utterance of a source, with the rows that had to be skipped."""
+    config = parse_spec(spec)
+    kind = resolve_kind(config)
+    if kind == "manifest":
+        return LoadedSource(read_manifest(Path(config.path), config))
+    if kind == "csv":
+        return read_table(Path(config.path), config)
+    if kind == "common_voice":
+        return read_common_voice(Path(config.path), config.split or CV_DEFAULT_SPLIT)
+    from asr_lightning.data.hf_source import iter_hf  # imports datasets: only when needed
+
+    return LoadedSource(list(iter_hf(config, kind)))
+
+
+def load_source(spec: str | SourceConfig) -> list[Utterance]:
+    """Read every utterance of a source; skipped rows are logged as warnings.
+
+    Raises:
+        DataSourceError: the source is missing, malformed, or lacks the audio/text columns.
+    """
+    loaded = read_source(spec)
+    for reason, rows in loaded.skipped.items():
+        log.warning(
+            "%s: skipped %d rows (%s), e.g. %s",
+            spec,
+            len(rows),
+            reason,
+            ", ".join(rows[:LOGGED_EXAMPLES]),
+        )
+    return loaded.utterances
+
+
+def iter_source(spec: str | SourceConfig) -> Iterator[Utterance]:
+    """Yield the utterances of a source one by one; streams Hub datasets with ``streaming``."""
+    config = parse_spec(spec)
+    kind = resolve_kind(config)
+    if kind in ("hf_hub", "hf_disk", "parquet"):
+        from asr_lightning.data.hf_source import iter_hf
+
+        yield from iter_hf(config, kind)
+    else:
+        yield from load_source(config)
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``save_to_disk`` (of a ``Dataset`` or ``DatasetDict``)."""
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+# ------------------------------------------------------------------------------ columns
+def pick_column(
+    available: Sequence[str], configured: str, default: str, candidates: Sequence[str], what: str
+) -> str:
+    """The column to read: the configured one, or (if left at its default) a known alias."""
+    if configured in available:
+        return configured
+    if configured == default:
+        for candidate in candidates:
+            if candidate in available:
+                return candidate
+    raise DataSourceError(
+        f"no {what} column {configured!r}; available columns: {', '.join(available) or 'none'}. "
+        f"Set {what}_column to one of them."
+    )
+
+
+def _optional_column(available: Sequence[str], candidates: Sequence[str]) -> str | None:
+    return next((c for c in candidates if c in available), None)
+
+
+def _duration_value(value: Any, where: str) -> float | None:
+    """A stated duration in seconds, ``None`` when absent or not a finite number."""
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError) as err:
+        raise DataSourceError(f"{where}: duration {value!r} is not a number") from err
+    return seconds if math.isfinite(seconds) else None
+
+
+def _absolute(audio: str, base: Path) -> str:
+    return os.path.normpath(os.path.join(base, os.path.expanduser(audio)))
+
+
+# ------------------------------------------------------------------------------ manifests
+def read_manifest(path: Path, config: SourceConfig | None = None) -> list[Utterance]:
+    """Read a NeMo-style JSON-lines manifest; relative audio paths are resolved against its folder.
+
+    Each line is an object with ``audio_filepath``, ``text`` and optionally ``duration``, ``id``
+    and ``speaker``; other fields are ignored. A ``.json`` file holding one JSON list is accepted.
+    """
+    config = config or SourceConfig(str(path))
+    base = path.resolve().parent
+    records = _manifest_records(path)
+    utterances: list[Utterance] = []
+    audio_key = text_key = speaker_key = None
+    for lineno, record in records:
+        where = f"{path}:{lineno}"
+        if not isinstance(record, Mapping):
+            raise DataSourceError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        if audio_key is None:
+            keys = list(record)
+            audio_key = pick_column(
+                keys, config.audio_column, DEFAULT_AUDIO_COLUMN, AUDIO_COLUMN_CANDIDATES, "audio"
+            )
+            text_key = pick_column(
+                keys, config.text_column, DEFAULT_TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, "text"
+            )
+            speaker_key = _optional_column(keys, SPEAKER_COLUMN_CANDIDATES)
+        audio, text = record.get(audio_key), record.get(text_key)
+        if not isinstance(audio, str) or not audio:
+            raise DataSourceError(f"{where}: field {audio_key!r} must be a non-empty path")
+        if not isinstance(text, str):
+            raise DataSourceError(f"{where}: field {text_key!r} must be a string, got {text!r}")
+        speaker = record.get(speaker_key) if speaker_key else None
+        utterances.append(
+            Utterance(
+                id=str(record.get("id") or audio),
+                audio=_absolute(audio, base),
+                text=text,
+                duration=_duration_value(record.get("duration"), where),
+                speaker=None if speaker is None else str(speaker),
+            )
+        )
+    return utterances
+
+
+def _manifest_records(path: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed JSON) per non-empty line; a JSON list file counts as line 1."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataSourceError(f"cannot read manifest {path}: {err}") from err
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            return [(1, record) for record in json.loads(text)]
+        except json.JSONDecodeError as err:
+            raise DataSourceError(f"{path}: invalid JSON: {err}") from err
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise DataSourceError(
+                f"{path}:{lineno}: not valid JSON ({err.msg}); each line of a manifest must be "
+                'one object like {"audio_filepath": ..., "text": ..., "duration": ...}'
+            ) from err
+    return records
+
+
+def write_manifest(utterances: Sequence[Utterance], path: Path) -> Path:
+    """Write utterances with path audio as a NeMo-style manifest (atomically, in the given order).
+
+    Lines hold ``audio_filepath``, ``text``, ``duration`` (when known), ``speaker`` and ``id``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for utt in utterances:
+            if not isinstance(utt.audio, str):
+                raise DataSourceError(f"utterance {utt.id!r} holds audio bytes, not a file path")
+            record: dict[str, Any] = {"audio_filepath": utt.audio, "text": utt.text}
+            if utt.duration is not None:
+                record["duration"] = round(utt.duration, 4)
+            record.update(speaker=utt.speaker, id=utt.id)
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------ tables
+def read_table(path: Path, config: SourceConfig | None = None) -> LoadedSource:
+    """Read a CSV (comma) or TSV (tab, no quoting) table; relative paths resolve to its folder.
+
+    A TSV with Common Voice's header is read as that Common Voice split (clips in ``clips/``).
+    """
+    config = config or SourceConfig(str(path))
+    is_tsv = path.suffix.lower() == ".tsv"
+    header, rows = _read_rows(path, is_tsv)
+    if is_tsv and all(c in header for c in CV_REQUIRED_COLUMNS) and config.split is None:
+        return read_common_voice(path.parent, path.stem)
+    audio_col = pick_column(
+        header, config.audio_column, DEFAULT_AUDIO_COLUMN, AUDIO_COLUMN_CANDIDATES, "audio"
+    )
+    text_col = pick_column(
+        header, config.text_column, DEFAULT_TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, "text"
+    )
+    speaker_col = _optional_column(header, SPEAKER_COLUMN_CANDIDATES)
+    base = path.resolve().parent
+    utterances = []
+    for lineno, row in rows:
+        where = f"{path}:{lineno}"
+        audio, text = row.get(audio_col), row.get(text_col)
+        if not audio or text is None:
+            raise DataSourceError(f"{where}: row lacks {audio_col!r} or {text_col!r}")
+        utterances.append(
+            Utterance(
+                id=row.get("id") or audio,
+                audio=_absolute(audio, base),
+                text=text,
+                duration=_duration_value(row.get("duration"), where),
+                speaker=(row.get(speaker_col) or None) if speaker_col else None,
+            )
+        )
+    return LoadedSource(utterances)
+
+
+def _read_rows(path: Path, is_tsv: bool) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and (line number, row) pairs. TSVs are read unquoted: sentences contain quotes."""
+    dialect: dict[str, Any] = (
+        {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if is_tsv else {"delimiter": ","}
+    )
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, **dialect)
+            header = next(reader, [])
+            # Short rows miss trailing columns (older Common Voice TSVs): strict=False.
+            rows = [
+                (reader.line_num, dict(zip(header, values, strict=False)))
+                for values in reader
+                if values
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataSourceError(f"cannot read table {path}: {err}") from err
+    if not header:
+        raise DataSourceError(f"table {path} is empty: expected a header row")
+    return header, rows
+
+
+# ------------------------------------------------------------------------------ Common Voice
+def read_common_voice(folder: Path, split: str = CV_DEFAULT_SPLIT) -> LoadedSource:
+    """Read one split of a Common Voice release folder (``<split>.tsv`` + ``clips/``).
+
+    The speaker is the row's ``client_id``; rows whose clip is missing are skipped and returned
+    under ``skipped["clip missing"]``.
+    """
+    tsv = folder / f"{split}.tsv"
+    if not tsv.is_file():
+        present = [s for s in CV_SPLITS if (folder / f"{s}.tsv").is_file()]
+        raise DataSourceError(
+            f"Common Voice folder {folder} has no split {split!r} ({tsv.name} is missing); "
+            f"available splits: {', '.join(present) or 'none'}"
+        )
+    header, rows = _read_rows(tsv, is_tsv=True)
+    missing_columns = [c for c in CV_REQUIRED_COLUMNS if c not in header]
+    if missing_columns:
+        raise DataSourceError(
+            f"{tsv} lacks Common Voice columns {missing_columns}; its header is {header}"
+        )
+    clips = folder / "clips"
+    present_clips = {entry.name for entry in os.scandir(clips)}
+    utterances, missing = [], []
+    for _, row in rows:
+        name = row.get("path") or ""
+        if name not in present_clips:
+            missing.append(name or "<empty path>")
+            continue
+        utterances.append(
+            Utterance(
+                id=Path(name).stem,
+                audio=str((clips / name).resolve()),
+                text=row.get("sentence") or "",
+                speaker=row.get("client_id") or None,
+            )
+        )
+    skipped = {"clip missing": missing} if missing else {}
+    return LoadedSource(utterances, skipped)
+
+
+def with_stated_durations(
+    utterances: Sequence[Utterance], durations: Sequence[float]
+) -> list[Utterance]:
+    """Copies of ``utterances`` carrying the given durations (e.g. measured from headers)."""
+    return [replace(u, duration=d) for u, d in zip(utterances, durations, strict=True)]
