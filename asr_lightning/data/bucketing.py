@@ -286,6 +286,8 @@ class DurationBucketSampler(Sampler[list[int]]):
         super().__init__()
         self.durations = _as_durations(durations)
         _check_batching(max_batch_seconds, batch_size, num_buckets)
+        if seed < 0:
+            raise ConfigError(f"seed must be >= 0 (numpy seeds are non-negative), got {seed}")
         self.max_batch_seconds = max_batch_seconds
         self.batch_size = batch_size
         self.num_buckets = num_buckets

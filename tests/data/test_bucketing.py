@@ -118,6 +118,7 @@ def test_an4_bucketed_padding_is_far_below_random_batching(an4_durations: list[f
         {"batch_size": 0},
         {"batch_size": 4, "num_buckets": 0},
         {"batch_size": 4, "num_replicas": 2, "rank": 2},
+        {"batch_size": 4, "seed": -1},
     ],
 )
 def test_bad_configuration_raises_config_error(kwargs: dict) -> None:
