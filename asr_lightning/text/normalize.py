@@ -1,6 +1,6 @@
 """Transcript normalization that fits the text to what a CTC vocabulary can spell.
 
-The steps, in order: Unicode NFKC; typographic apostrophes to ``'``; case mapping (derived from
+The steps, in order: typographic apostrophes to ``'``; Unicode NFKC; case mapping (derived from
 the vocabulary: an upper-case one such as facebook/wav2vec2-base-960h's upper-cases, a lower-case
 one lower-cases, a mixed one keeps case); word separators and the word delimiter to spaces;
 punctuation dropped; accents folded (``é`` -> ``e``) where only the plain letter is in the
@@ -157,7 +157,7 @@ class TextNormalizer:
         if len(self.word_delimiter) > 1:
             text = text.replace(self.word_delimiter, " ")
         text = text.translate(self._table)
-        if self.fold_accents and self.vocabulary is not None:
+        if self.fold_accents and self.vocabulary is not None and not text.isascii():
             text = "".join(self._fold(c) for c in text)
         return text
 
