@@ -24,7 +24,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -423,10 +423,3 @@ def read_common_voice(folder: Path, split: str = CV_DEFAULT_SPLIT) -> LoadedSour
         )
     skipped = {"clip missing": missing} if missing else {}
     return LoadedSource(utterances, skipped)
-
-
-def with_stated_durations(
-    utterances: Sequence[Utterance], durations: Sequence[float]
-) -> list[Utterance]:
-    """Copies of ``utterances`` carrying the given durations (e.g. measured from headers)."""
-    return [replace(u, duration=d) for u, d in zip(utterances, durations, strict=True)]
