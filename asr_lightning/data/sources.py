@@ -249,7 +249,7 @@ def read_manifest(path: Path, config: SourceConfig | None = None) -> list[Uttera
     base = path.resolve().parent
     records = _manifest_records(path)
     utterances: list[Utterance] = []
-    audio_key = text_key = speaker_key = None
+    audio_key = text_key = None
     for lineno, record in records:
         where = f"{path}:{lineno}"
         if not isinstance(record, Mapping):
@@ -262,13 +262,13 @@ def read_manifest(path: Path, config: SourceConfig | None = None) -> list[Uttera
             text_key = pick_column(
                 keys, config.text_column, DEFAULT_TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, "text"
             )
-            speaker_key = _optional_column(keys, SPEAKER_COLUMN_CANDIDATES)
         audio, text = record.get(audio_key), record.get(text_key)
         if not isinstance(audio, str) or not audio:
             raise DataSourceError(f"{where}: field {audio_key!r} must be a non-empty path")
         if not isinstance(text, str):
             raise DataSourceError(f"{where}: field {text_key!r} must be a string, got {text!r}")
-        speaker = record.get(speaker_key) if speaker_key else None
+        speaker_key = _optional_column(record, SPEAKER_COLUMN_CANDIDATES)  # optional per line
+        speaker = record[speaker_key] if speaker_key else None
         utterances.append(
             Utterance(
                 id=str(record.get("id") or audio),
