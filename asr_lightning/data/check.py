@@ -154,7 +154,7 @@ class DataReport:
         too_short = self.filter.dropped.get(TOO_SHORT, 0)
         if self.utterances and too_short / self.utterances > TOO_SHORT_WARNING_FRACTION:
             lines.append(
-                f"{too_short} utterances are shorter than min_duration_s="
+                f"{too_short} utterance(s) shorter than min_duration_s="
                 f"{self.rules.min_duration_s:g}: lower it (data.min_duration_s) to train on them"
             )
         if self.duration_mismatches:

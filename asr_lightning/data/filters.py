@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from asr_lightning.data.sources import Utterance
-from asr_lightning.errors import AudioDecodeError, ConfigError
+from asr_lightning.errors import AudioDecodeError, ConfigError, NonFiniteAudioError
 
 TOO_SHORT = "too short"
 TOO_LONG = "too long"
@@ -119,6 +119,8 @@ class FilterReport:
 
 def decode_reason(err: AudioDecodeError) -> str:
     """``decode failed: <short reason>``, without the file name so that failures group."""
+    if isinstance(err, NonFiniteAudioError):  # its reason counts the bad samples of each file
+        return f"{DECODE_FAILED}: NaN or infinite samples"
     reason = err.reason.replace(str(err.source), "<file>")
     if len(reason) > MAX_REASON_CHARS:
         reason = reason[: MAX_REASON_CHARS - 3] + "..."
