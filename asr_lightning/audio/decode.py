@@ -25,7 +25,6 @@ import math
 import os
 import shutil
 import subprocess
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -362,11 +361,10 @@ def _run_tool(command: list[str], audio: _Audio, timeout_s: float) -> bytes:
 def _decode_librosa(audio: _Audio) -> tuple[np.ndarray, int]:
     import librosa  # heavy, and only needed when the backends before it failed
 
+    # librosa warns when it falls back to audioread; warnings.catch_warnings() would silence
+    # that, but it is not thread-safe, and durations are measured in threads.
     source = audio.path if audio.path is not None else io.BytesIO(audio.data)
-    with warnings.catch_warnings():
-        # librosa warns when it falls back to audioread; the reasons are reported instead.
-        warnings.simplefilter("ignore")
-        samples, rate = librosa.load(source, sr=None, mono=False, dtype=np.float32)
+    samples, rate = librosa.load(source, sr=None, mono=False, dtype=np.float32)
     return samples.T, int(rate)  # (channels, n) -> (n, channels)
 
 

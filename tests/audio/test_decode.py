@@ -25,6 +25,11 @@ AN4_SPH = "an4/wav/an4_clstk/fash/an251-fash-b.sph"
 FSDD_WAV = "fsdd/recordings/0_george_0.wav"
 HAS_FFMPEG = shutil.which("ffmpeg") is not None
 needs_ffmpeg = pytest.mark.skipif(not HAS_FFMPEG, reason="ffmpeg is not installed")
+# The librosa backend warns when it falls back from libsndfile to audioread; expected here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:PySoundFile failed:UserWarning",
+    "ignore:librosa.core.audio.__audioread_load:FutureWarning",
+)
 
 
 def _case(bad_audio: dict[str, BadCase], name: str) -> BadCase:
