@@ -26,9 +26,9 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from asr_lightning.errors import DataSourceError
+from asr_lightning.errors import ConfigError, DataSourceError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ class SourceConfig:
     text_column: str = DEFAULT_TEXT_COLUMN
     streaming: bool = False
     revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(SourceKind):
+            raise ConfigError(
+                f"source kind must be one of {', '.join(get_args(SourceKind))}, got {self.kind!r}"
+            )
 
 
 @dataclass

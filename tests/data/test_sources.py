@@ -21,7 +21,7 @@ from asr_lightning.data.sources import (
     read_source,
     write_manifest,
 )
-from asr_lightning.errors import DataSourceError
+from asr_lightning.errors import ConfigError, DataSourceError
 
 #: Common Voice's TSV header (releases 17+ add sentence_id/sentence_domain; both are read).
 CV_HEADER = [
@@ -129,6 +129,8 @@ def test_parse_spec_shorthands() -> None:
     assert parse_spec("cv/en#dev") == SourceConfig("cv/en", split="dev")
     config = SourceConfig("x.jsonl", "manifest")
     assert parse_spec(config) is config
+    with pytest.raises(ConfigError, match="source kind must be one of"):
+        SourceConfig("x.jsonl", "jsonl")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------ Common Voice
