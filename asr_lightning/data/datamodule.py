@@ -1,0 +1,377 @@
+"""The LightningDataModule: wires sources, durations, filters, text and batching together.
+
+Everything it does is a call into the pure modules next to it; it only decides which split gets
+which treatment (augmentation and shuffling for training only) and reports what it dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Sampler
+
+from asr_lightning.audio.augment import AugmentConfig, Augmenter
+from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend
+from asr_lightning.data.bucketing import DurationBucketSampler
+from asr_lightning.data.collate import CTCCollator
+from asr_lightning.data.dataset import ASRDataset, Item
+from asr_lightning.data.durations import DurationCache, measure_durations
+from asr_lightning.data.filters import FilterReport, FilterRules, filter_utterances
+from asr_lightning.data.sources import SourceConfig, load_source
+from asr_lightning.errors import ConfigError, VocabularyError
+from asr_lightning.text.normalize import TextNormalizer
+from asr_lightning.text.vocab import LabelEncoder, build_vocab
+
+log = logging.getLogger(__name__)
+
+SourceSpec = str | SourceConfig
+#: Above this share of training transcripts dropped as empty after normalization, the text and
+#: the vocabulary do not fit together (wrong script, case or tokenizer) and training would only
+#: learn to emit blanks: stop before it starts.
+MAX_EMPTY_TRANSCRIPT_FRACTION = 0.5
+
+
+class EpochTaggedSampler(Sampler[list[tuple[int, int]]]):
+    """Yields ``(index, epoch)`` pairs so the dataset can seed augmentation per epoch.
+
+    ``sampler`` is the wrapped bucket sampler: Lightning calls ``batch_sampler.sampler.set_epoch``
+    at the start of every epoch, including after a resume.
+    """
+
+    def __init__(self, sampler: DurationBucketSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        for batch in self.sampler:
+            yield [(index, epoch) for index in batch]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class ASRDataModule(pl.LightningDataModule):
+    """Speech + transcripts in, padded CTC batches out.
+
+    Args:
+        train: Training source: a manifest (``.jsonl``), CSV/TSV, Common Voice release folder
+            (``DIR`` or ``DIR#train``), ``datasets.save_to_disk`` folder, or ``hf:owner/name``.
+        validation: Validation source, or a mapping of name to source for several sets.
+        test: Test source, or a mapping of name to source for several sets.
+        predict: Source to transcribe with ``predict``.
+        processor: Pretrained processor (hub id or local folder) whose tokenizer and feature
+            extractor are used; linked from the model's ``model_name_or_path``.
+        model_type: Architecture of a model trained from scratch (``wav2vec2``, ``parakeet_ctc``),
+            which picks the feature extractor; linked from the model.
+        text_case: Case of the normalized text; ``auto`` follows the vocabulary's letters.
+        drop_characters: Characters removed from transcripts before tokenization; ``None`` keeps
+            the normalizer's default set of punctuation.
+        min_duration_s: Utterances shorter than this are dropped (and counted).
+        max_duration_s: Utterances longer than this are dropped (and counted).
+        max_batch_seconds: Cap on padded seconds of audio per training batch (bucketed batching).
+        batch_size: Fixed utterances per batch within duration buckets, instead of a seconds cap.
+        eval_max_batch_seconds: Seconds cap for evaluation batches; defaults to
+            ``max_batch_seconds``.
+        num_buckets: Number of duration buckets.
+        num_workers: DataLoader worker processes.
+        augment: Training-only waveform augmentation; ``None`` disables it.
+        level: Level normalization applied to every split (AN4 audio is quiet).
+        decode_backends: Audio decoders tried in this order.
+        duration_cache: SQLite file caching measured durations; ``None`` disables the cache.
+        seed: Seed of batching order and augmentation.
+    """
+
+    def __init__(
+        self,
+        train: SourceSpec | None = None,
+        validation: SourceSpec | dict[str, SourceSpec] | None = None,
+        test: SourceSpec | dict[str, SourceSpec] | None = None,
+        predict: SourceSpec | None = None,
+        processor: str | None = None,
+        model_type: str | None = None,
+        text_case: Literal["auto", "upper", "lower", "keep"] = "auto",
+        drop_characters: str | None = None,
+        min_duration_s: float = 1.0,
+        max_duration_s: float = 18.0,
+        max_batch_seconds: float | None = 200.0,
+        batch_size: int | None = None,
+        eval_max_batch_seconds: float | None = None,
+        num_buckets: int = 8,
+        num_workers: int = 2,
+        augment: AugmentConfig | None = None,
+        level: Literal["none", "peak", "rms"] = "none",
+        decode_backends: Sequence[Backend] = DEFAULT_BACKENDS,
+        duration_cache: str | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if (max_batch_seconds is None) == (batch_size is None):
+            raise ConfigError("set exactly one of data.max_batch_seconds or data.batch_size")
+        self.sources: dict[str, dict[str, SourceSpec]] = {
+            "train": _named(train, "train"),
+            "validation": _named(validation, "validation"),
+            "test": _named(test, "test"),
+            "predict": _named(predict, "predict"),
+        }
+        self.processor_name = processor
+        self.model_type = model_type
+        self.text_case = text_case
+        self.drop_characters = drop_characters
+        self.rules = FilterRules(min_duration_s=min_duration_s, max_duration_s=max_duration_s)
+        self.max_batch_seconds = max_batch_seconds
+        self.batch_size = batch_size
+        self.eval_max_batch_seconds = eval_max_batch_seconds or max_batch_seconds
+        self.num_buckets = num_buckets
+        self.num_workers = num_workers
+        self.augment = augment
+        self.level = level
+        self.decode_backends = tuple(decode_backends)
+        self.duration_cache = duration_cache
+        self.seed = seed
+        self.datasets: dict[str, dict[str, ASRDataset]] = {}
+        self.reports: dict[str, FilterReport] = {}
+        self._processor: tuple[Any, Any] | None = None
+        self._vocab: dict[str, int] | None = None
+        self._train_sampler: DurationBucketSampler | None = None
+        self._pending_sampler_state: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------------------- text side
+    @property
+    def vocab(self) -> dict[str, int]:
+        """The label vocabulary: the pretrained tokenizer's, or built from training transcripts."""
+        if self._vocab is None:
+            if self.processor_name is not None:
+                self._vocab = dict(self.tokenizer.get_vocab())
+            else:
+                self._vocab = self._build_vocab_from_train()
+        return self._vocab
+
+    def _build_vocab_from_train(self) -> dict[str, int]:
+        if not self.sources["train"]:
+            raise ConfigError(
+                "a model trained from scratch needs data.train to build its vocabulary; "
+                "or set model.model_name_or_path to a pretrained checkpoint"
+            )
+        normalizer = TextNormalizer(case=self._scratch_case(), **self._drop_kwargs())
+        texts = [
+            normalizer(utt.text)
+            for spec in self.sources["train"].values()
+            for utt in load_source(spec)
+        ]
+        vocab = build_vocab(texts)
+        log.info(
+            "built a %d-symbol vocabulary from %d training transcripts", len(vocab), len(texts)
+        )
+        return vocab
+
+    def _scratch_case(self) -> Literal["upper", "lower", "keep"]:
+        return "keep" if self.text_case == "auto" else self.text_case
+
+    def _drop_kwargs(self) -> dict[str, str]:
+        return {} if self.drop_characters is None else {"drop_characters": self.drop_characters}
+
+    @property
+    def processor(self) -> tuple[Any, Any]:
+        """``(feature_extractor, tokenizer)`` used to collate inputs and encode labels."""
+        if self._processor is None:
+            from asr_lightning.model.module import build_processor
+
+            if self.processor_name is None:
+                self._processor = build_processor(None, self.model_type, self.vocab)
+            else:
+                self._processor = build_processor(self.processor_name, None, None)
+        return self._processor
+
+    @property
+    def feature_extractor(self) -> Any:
+        return self.processor[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor[1]
+
+    def normalizer(self) -> TextNormalizer:
+        case = self.text_case
+        return TextNormalizer.from_vocab(self.vocab, case=case, **self._drop_kwargs())
+
+    # ----------------------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {
+            "fit": ("train", "validation"),
+            "validate": ("validation",),
+            "test": ("test",),
+            "predict": ("predict",),
+        }.get(stage or "fit", ("train", "validation", "test", "predict"))
+        cache = DurationCache(self.duration_cache) if self.duration_cache else None
+        encoder = LabelEncoder(self.tokenizer)
+        normalizer = self.normalizer()
+        rules = self._rules_for_model()
+        for split in wanted:
+            if split in self.datasets or not self.sources[split]:
+                continue
+            self.datasets[split] = {}
+            for name, spec in self.sources[split].items():
+                utts = load_source(spec)
+                durations = measure_durations(utts, cache, progress=len(utts) > 2000)
+                split_rules = rules if split == "train" else _eval_rules(rules)
+                kept, report = filter_utterances(
+                    utts, durations, split_rules, normalizer, label_length=encoder
+                )
+                self.reports[f"{split}/{name}"] = report
+                log.info("%s/%s: %s", split, name, report.summary())
+                if split == "train":
+                    _check_transcripts_fit(report, len(utts), name, normalizer)
+                items = [Item(k.utterance.id, k.utterance.audio, k.text, k.duration) for k in kept]
+                augmenter = (
+                    Augmenter(self.augment, seed=self.seed)
+                    if split == "train" and self.augment
+                    else None
+                )
+                self.datasets[split][name] = ASRDataset(
+                    items,
+                    encoder,
+                    sample_rate=SAMPLE_RATE,
+                    backends=self.decode_backends,
+                    augmenter=augmenter,
+                    level=self.level,
+                    seed=self.seed,
+                )
+
+    def _rules_for_model(self) -> FilterRules:
+        """CTC feasibility needs the model's output frame rate, read from the attached model."""
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        fps = getattr(module, "output_frames_per_second", None)
+        if fps is None:
+            return self.rules
+        return FilterRules(
+            min_duration_s=self.rules.min_duration_s,
+            max_duration_s=self.rules.max_duration_s,
+            output_frames_per_second=float(fps),
+        )
+
+    # ----------------------------------------------------------------------------- loaders
+    def _loader(self, dataset: ASRDataset, sampler: DurationBucketSampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=EpochTaggedSampler(sampler),
+            collate_fn=CTCCollator(self.feature_extractor),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=False,
+        )
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._only("train")
+        replicas, rank = self._world()
+        sampler = DurationBucketSampler(
+            dataset.durations,
+            max_batch_seconds=self.max_batch_seconds,
+            batch_size=self.batch_size,
+            num_buckets=self.num_buckets,
+            shuffle=True,
+            seed=self.seed,
+            num_replicas=replicas,
+            rank=rank,
+        )
+        if self._pending_sampler_state is not None:
+            sampler.load_state_dict(self._pending_sampler_state)
+            self._pending_sampler_state = None
+        self._train_sampler = sampler
+        log.info(
+            "train: %d batches/epoch/rank, padding %.1f%% of frames",
+            len(sampler),
+            100 * sampler.padding_fraction,
+        )
+        return self._loader(dataset, sampler)
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        replicas, rank = self._world()
+        loaders = []
+        for dataset in self.datasets.get(split, {}).values():
+            sampler = DurationBucketSampler(
+                dataset.durations,
+                max_batch_seconds=self.eval_max_batch_seconds,
+                batch_size=None if self.eval_max_batch_seconds else self.batch_size,
+                num_buckets=self.num_buckets,
+                shuffle=False,
+                seed=self.seed,
+                num_replicas=replicas,
+                rank=rank,
+            )
+            loaders.append(self._loader(dataset, sampler))
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("validation")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("predict")
+
+    def split_names(self, split: str) -> list[str]:
+        """Names of the sets of a split, in dataloader order (``val/<name>/wer``)."""
+        return list(self.sources[split])
+
+    def _only(self, split: str) -> ASRDataset:
+        sets = self.datasets.get(split, {})
+        if not sets:
+            raise ConfigError(f"no {split} data: set data.{split} in the config")
+        if len(sets) > 1:
+            raise ConfigError(f"data.{split} must be a single source, got {sorted(sets)}")
+        return next(iter(sets.values()))
+
+    # ----------------------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler position, so ``fit --ckpt_path last`` resumes mid-epoch where it stopped."""
+        trainer = getattr(self, "trainer", None)
+        if self._train_sampler is None or trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"train_sampler": self._train_sampler.state_dict(batches_done=done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_sampler_state = state_dict.get("train_sampler")
+
+
+def _named(
+    spec: SourceSpec | Mapping[str, SourceSpec] | None, default: str
+) -> dict[str, SourceSpec]:
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    return {default: spec}
+
+
+def _eval_rules(rules: FilterRules) -> FilterRules:
+    """Evaluation keeps long utterances (scores must cover the whole set), not broken ones."""
+    return FilterRules(
+        min_duration_s=0.0,
+        max_duration_s=float("inf"),
+        output_frames_per_second=rules.output_frames_per_second,
+    )
+
+
+def _check_transcripts_fit(
+    report: FilterReport, total: int, name: str, normalizer: TextNormalizer
+) -> None:
+    empty = report.dropped.get("empty transcript after normalization", 0)
+    if total and empty / total > MAX_EMPTY_TRANSCRIPT_FRACTION:
+        raise VocabularyError(
+            f"{empty} of {total} training transcripts in {name!r} are empty after normalization "
+            f"to the vocabulary ({normalizer!r}). The transcripts and the tokenizer do not fit "
+            "(another script or alphabet, or a case mismatch): pick a pretrained model whose "
+            "vocabulary covers this language, or train from scratch (model.model_name_or_path: "
+            "null) so the vocabulary is built from the data."
+        )

@@ -1,0 +1,105 @@
+"""Map-style dataset: one utterance in, one decoded, augmented, labelled example out.
+
+A bad item never raises inside a DataLoader worker: it comes back as :class:`Skipped` with its
+reason, the collator moves it to ``batch["skipped"]`` and the module counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from asr_lightning.audio.augment import Augmenter, normalize_level
+from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend, load_audio
+from asr_lightning.errors import AsrLightningError
+
+log = logging.getLogger(__name__)
+
+LevelMode = Literal["none", "peak", "rms"]
+
+
+@dataclass
+class Example:
+    """A decoded utterance ready for collation."""
+
+    id: str
+    audio: np.ndarray  # (n,) float32 mono at 16 kHz
+    labels: list[int]
+    text: str  # normalized reference
+
+
+@dataclass
+class Skipped:
+    """An utterance that could not be used, with the reason it is counted under."""
+
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """What the dataset needs per utterance: where the audio is and its normalized text."""
+
+    id: str
+    audio: str | bytes
+    text: str
+    duration: float
+
+
+class ASRDataset(Dataset):
+    """Decodes audio on access; indices may be ``int`` or ``(index, epoch)`` pairs.
+
+    The epoch travels with the index (see :class:`EpochTaggedSampler`) so augmentation draws from
+    ``default_rng([seed, epoch, index])``: reproducible whatever the number of workers, and
+    different every epoch even with persistent workers.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        label_encoder: Callable[[str], list[int]],
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        backends: Sequence[Backend] = DEFAULT_BACKENDS,
+        augmenter: Augmenter | None = None,
+        level: LevelMode = "none",
+        seed: int = 0,
+    ) -> None:
+        self.items = list(items)
+        self.label_encoder = label_encoder
+        self.sample_rate = sample_rate
+        self.backends = tuple(backends)
+        self.augmenter = augmenter
+        self.level = level
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def durations(self) -> list[float]:
+        return [item.duration for item in self.items]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Example | Skipped:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        item = self.items[index]
+        try:
+            audio = load_audio(item.audio, self.sample_rate, self.backends)
+        except AsrLightningError as err:
+            reason = getattr(err, "reason", str(err).splitlines()[0])
+            log.debug("skipping %s: %s", item.id, reason)
+            return Skipped(item.id, f"decode failed: {reason}")
+        except Exception as err:  # a worker must never die on one file
+            log.warning("skipping %s: unexpected %s: %s", item.id, type(err).__name__, err)
+            return Skipped(item.id, f"decode failed: {type(err).__name__}")
+        # level first, so the augmenter's random gain still varies the level the model sees
+        if self.level != "none":
+            audio = normalize_level(audio, self.level)
+        if self.augmenter is not None:
+            audio = self.augmenter(audio, np.random.default_rng([self.seed, epoch, index]))
+        return Example(item.id, audio, self.label_encoder(item.text), item.text)
