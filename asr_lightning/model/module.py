@@ -1,0 +1,399 @@
+"""The one LightningModule: a Hugging Face ``AutoModelForCTC`` trained with an fp32 CTC loss.
+
+The model is built in :meth:`CTCModule.configure_model`, not in ``__init__``: creating the module
+(e.g. while LightningCLI checks a config) downloads nothing, and the Trainer builds the model on
+its device when a run starts.
+
+Batches are the dicts of :class:`asr_lightning.data.collate.CTCCollator`; this module reads
+``<model input>``, ``attention_mask``, ``input_lengths``, ``labels``, ``ids``, ``texts`` and
+``skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from asr_lightning.decoding.greedy import greedy_decode, ids_to_text
+from asr_lightning.errors import ConfigError
+from asr_lightning.model import factory
+from asr_lightning.model.ctc import ctc_loss, output_lengths, uses_attention_mask
+from asr_lightning.model.factory import ScratchModelType
+from asr_lightning.model.metrics import (
+    ErrorRates,
+    gather_records,
+    metric_keys,
+    set_name,
+    utterance_errors,
+    write_jsonl,
+)
+from asr_lightning.model.optim import SchedulerKind, build_scheduler, parameter_groups
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["val", "test", "predict"]
+#: SpecAugment settings passed to the model configuration (wav2vec2 family only).
+MASKING_OPTIONS = ("mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length")
+BLANK_ONLY_WARNING = (
+    "every validation transcript has been empty for %d evaluations in a row: the model predicts "
+    "only blanks. Likely causes: a learning rate too high (diverged) or too low; a vocabulary or "
+    "letter-case mismatch between the transcripts and the tokenizer; too few training steps "
+    "(CTC models emit blanks for a while before the first characters); SpecAugment masking too "
+    "strong for short clips."
+)
+
+
+class CTCModule(lightning.LightningModule):
+    """Fine-tune a pretrained CTC speech model, or train one from scratch."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = "facebook/wav2vec2-base-960h",
+        model_type: ScratchModelType | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        vocab: dict[str, int] | None = None,
+        freeze_feature_encoder: bool | None = None,
+        gradient_checkpointing: bool = False,
+        mask_time_prob: float | None = None,
+        mask_time_length: int | None = None,
+        mask_feature_prob: float | None = None,
+        mask_feature_length: int | None = None,
+        layerdrop: float | None = None,
+        ctc_zero_infinity: bool = True,
+        ctc_loss_reduction: Literal["mean", "sum"] = "mean",
+        learning_rate: float = 1e-4,
+        head_learning_rate: float | None = None,
+        weight_decay: float = 0.005,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        adam_epsilon: float = 1e-8,
+        warmup_ratio: float = 0.05,
+        scheduler: SchedulerKind = "linear",
+        blank_warning_patience: int = 3,
+    ) -> None:
+        """
+        Args:
+            model_name_or_path: Hub id or local folder of a pretrained model (``save_pretrained``
+                layout, e.g. one written by ``save_hf``); ``None`` to build one from scratch.
+            model_type: Architecture built from scratch when ``model_name_or_path`` is None.
+            config_overrides: Model configuration settings that differ from the architecture's
+                (or checkpoint's) defaults, e.g. ``{hidden_size: 256, num_hidden_layers: 4}``.
+            vocab: The data's vocabulary (token -> id, ``<pad>`` = CTC blank), linked from the
+                datamodule. Required from scratch; with a checkpoint whose tokenizer disagrees
+                with it, the CTC head is replaced by a new one for this vocabulary.
+            freeze_feature_encoder: Freeze the convolutional waveform encoder. ``None``: freeze
+                it when fine-tuning a pretrained wav2vec2-family model, train it otherwise.
+            gradient_checkpointing: Recompute activations in backward to save memory.
+            mask_time_prob: SpecAugment: probability of masking spans of time steps
+                (wav2vec2 family only; ``None`` keeps the model's setting).
+            mask_time_length: SpecAugment: length of each masked time span, in output frames.
+            mask_feature_prob: SpecAugment: probability of masking spans of feature channels.
+            mask_feature_length: SpecAugment: length of each masked feature span.
+            layerdrop: Probability of skipping each transformer layer in training (``None``
+                keeps the model's setting; with DDP, >0 needs find_unused_parameters).
+            ctc_zero_infinity: Zero the loss of utterances whose labels cannot fit their frames.
+            ctc_loss_reduction: ``mean``: per-utterance loss over its label length, averaged
+                over the batch; ``sum``: summed over the batch.
+            learning_rate: Peak learning rate of the encoder.
+            head_learning_rate: Peak learning rate of the CTC head (``lm_head`` / ``ctc_head``);
+                ``None`` for ``learning_rate``.
+            weight_decay: AdamW weight decay (not applied to biases and norm weights).
+            adam_betas: AdamW betas.
+            adam_epsilon: AdamW epsilon.
+            warmup_ratio: Fraction of all optimizer steps with linear warmup from zero.
+            scheduler: Learning-rate shape after warmup: linear or cosine decay to zero, or
+                constant.
+            blank_warning_patience: Warn after this many consecutive evaluations in which every
+                transcript is empty (a model stuck on blanks).
+        """
+        super().__init__()
+        if model_name_or_path is None and model_type is None:
+            raise ConfigError("give model_name_or_path (pretrained) or model_type (from scratch)")
+        if blank_warning_patience < 1:
+            raise ConfigError(f"blank_warning_patience must be >= 1, got {blank_warning_patience}")
+        self.save_hyperparameters()
+        self.model: Any = None  # transformers *ForCTC, built in configure_model
+        self.feature_extractor: Any = None
+        self.tokenizer: Any = None
+        self.error_rates = torch.nn.ModuleDict({"val": ErrorRates(), "test": ErrorRates()})
+        self._records: dict[str, dict[int, list[dict[str, Any]]]] = {"test": {}, "predict": {}}
+        self._empty_counts = [0, 0]  # (empty transcripts, transcripts) of this evaluation
+        self._blank_only_evaluations = 0
+        self._skipped_total = 0
+
+    # -- model construction ---------------------------------------------------------------
+
+    def _config_settings(self) -> dict[str, Any]:
+        hp = self.hparams
+        settings = dict(hp.config_overrides or {})
+        for name in (*MASKING_OPTIONS, "layerdrop"):
+            if hp[name] is not None:
+                settings[name] = hp[name]
+        settings["ctc_zero_infinity"] = hp.ctc_zero_infinity
+        settings["ctc_loss_reduction"] = hp.ctc_loss_reduction
+        return settings
+
+    def configure_model(self) -> None:
+        """Build (or download) the model, feature extractor and tokenizer; idempotent."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        tokenizer, own_tokenizer = factory.resolve_tokenizer(hp.model_name_or_path, hp.vocab)
+        settings = self._config_settings()
+        if hp.model_name_or_path is not None:
+            model = factory.load_pretrained(
+                hp.model_name_or_path, tokenizer, not own_tokenizer, settings
+            )
+            feature_extractor = factory.load_feature_extractor(hp.model_name_or_path)
+        else:
+            from transformers import AutoModelForCTC
+
+            config = factory.build_config(hp.model_type, tokenizer.get_vocab(), settings)
+            model = AutoModelForCTC.from_config(config)
+            feature_extractor = factory.scratch_feature_extractor(config)
+        self._prepare(model)
+        self.model, self.feature_extractor, self.tokenizer = model, feature_extractor, tokenizer
+
+    def _prepare(self, model: Any) -> None:
+        hp = self.hparams
+        freeze = hp.freeze_feature_encoder
+        can_freeze = hasattr(model, "freeze_feature_encoder")
+        if freeze and not can_freeze:
+            raise ConfigError(
+                f"{type(model).__name__} has no convolutional feature encoder to freeze; "
+                "set freeze_feature_encoder to null or false"
+            )
+        if freeze is None:
+            freeze = can_freeze and hp.model_name_or_path is not None
+        if freeze:
+            model.freeze_feature_encoder()
+        if hp.gradient_checkpointing:
+            if not model.supports_gradient_checkpointing:
+                raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing")
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+                model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable({"use_reentrant": False})
+
+    def _require_model(self) -> Any:
+        if self.model is None:
+            self.configure_model()
+        return self.model
+
+    @property
+    def blank_id(self) -> int:
+        """The CTC blank id (``config.pad_token_id``)."""
+        return int(self._require_model().config.pad_token_id)
+
+    # -- forward, loss, decoding ----------------------------------------------------------
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, T, V)`` and true output lengths ``(B,)`` of a collated batch."""
+        model = self._require_model()
+        inputs = {model.main_input_name: batch[model.main_input_name]}
+        if uses_attention_mask(model.config):
+            inputs["attention_mask"] = batch["attention_mask"]
+        logits = model(**inputs).logits  # (B, T, V), blank = config.pad_token_id
+        lengths = output_lengths(model, batch).clamp(max=logits.shape[1])
+        return logits, lengths
+
+    def _loss(self, logits: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor):
+        return ctc_loss(
+            logits,
+            lengths,
+            labels,
+            blank_id=self.blank_id,
+            reduction=self.hparams.ctc_loss_reduction,
+            zero_infinity=self.hparams.ctc_zero_infinity,
+        )
+
+    def transcribe(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Greedy transcripts of a batch of logits, each cut at its true length."""
+        ids = greedy_decode(logits, lengths, self.blank_id)
+        return [ids_to_text(row, self.tokenizer) for row in ids]
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self._skipped_total += len(batch.get("skipped", ()))
+        self.log("data/skipped", float(self._skipped_total), reduce_fx="sum", sync_dist=True)
+        if len(batch["ids"]) == 0:
+            log.warning(
+                "every item of training batch %s was skipped: %s", batch_idx, batch["skipped"]
+            )
+            if self.trainer.world_size > 1:  # every rank must reach backward together
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return None
+        logits, lengths = self(batch)
+        loss = self._loss(logits, lengths, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def _evaluate(self, stage: Stage, batch: dict[str, Any], index: int) -> list[str]:
+        """Loss, transcripts and error-rate updates of one batch of evaluation set ``index``."""
+        if len(batch["ids"]) == 0:
+            if stage in self.error_rates:
+                self.error_rates[stage].update(index, [], [], self.device)
+            return []
+        logits, lengths = self(batch)
+        hypotheses = self.transcribe(logits, lengths)
+        references = batch.get("texts") or [""] * len(hypotheses)  # unlabelled predict data
+        if stage != "predict":
+            loss = self._loss(logits, lengths, batch["labels"])
+            name, num_sets = set_name(index, self._set_names(stage)), self._num_sets(stage)
+            for key in metric_keys(stage, "loss", name, index, num_sets):
+                self.log(
+                    key, loss, batch_size=len(hypotheses), add_dataloader_idx=False, sync_dist=True
+                )
+            self.error_rates[stage].update(index, hypotheses, references, self.device)
+            self._empty_counts[0] += sum(not h.strip() for h in hypotheses)
+            self._empty_counts[1] += len(hypotheses)
+        if stage in self._records:
+            records = self._records[stage].setdefault(index, [])
+            for uid, ref, hyp in zip(batch["ids"], references, hypotheses, strict=True):
+                record = {"id": uid, "hypothesis": hyp}
+                if stage == "test" or ref:
+                    record |= {"reference": ref, **utterance_errors(ref, hyp)}
+                records.append(record)
+        return hypotheses
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        self._evaluate("val", batch, dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        self._evaluate("test", batch, dataloader_idx)
+
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, str]]:
+        """``[{"id", "hypothesis"}]`` for each utterance of the batch."""
+        hypotheses = self._evaluate("predict", batch, dataloader_idx)
+        return [
+            {"id": uid, "hypothesis": hyp}
+            for uid, hyp in zip(batch["ids"], hypotheses, strict=True)
+        ]
+
+    # -- epoch ends: metrics, blank-only watch, per-utterance reports -----------------------
+
+    def _set_names(self, stage: Stage) -> list[str] | None:
+        """Names of the stage's sets from the datamodule's ``<stage>_set_names``, if it has one."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return getattr(datamodule, f"{stage}_set_names", None)
+
+    def _num_sets(self, stage: Stage) -> int:
+        trainer = self.trainer
+        if stage == "val":
+            batches = (
+                trainer.num_sanity_val_batches
+                if trainer.sanity_checking
+                else trainer.num_val_batches
+            )
+        else:
+            batches = trainer.num_test_batches if stage == "test" else trainer.num_predict_batches
+        return len(batches)
+
+    def _log_error_rates(self, stage: Stage) -> None:
+        names, num_sets = self._set_names(stage), self._num_sets(stage)
+        for index, rates in self.error_rates[stage].compute().items():
+            name = set_name(index, names)
+            for metric, value in rates.items():
+                for key in metric_keys(stage, metric, name, index, num_sets):
+                    self.log(key, value, prog_bar=key.endswith("/wer"), sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._empty_counts = [0, 0]
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_error_rates("val")
+        if self.trainer.sanity_checking:
+            return
+        empty, total = self._empty_counts
+        self._blank_only_evaluations = (
+            self._blank_only_evaluations + 1 if total and empty == total else 0
+        )
+        if self._blank_only_evaluations >= self.hparams.blank_warning_patience:
+            rank_zero_warn(BLANK_ONLY_WARNING % self._blank_only_evaluations)
+
+    def on_test_epoch_start(self) -> None:
+        self._records["test"] = {}
+
+    def on_test_epoch_end(self) -> None:
+        self._log_error_rates("test")
+        self._write_records("test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._records["predict"] = {}
+
+    def on_predict_epoch_end(self) -> None:
+        self._write_records("predict")
+
+    def _write_records(self, stage: Stage) -> None:
+        """Write every rank's records to ``<log dir>/predictions/<stage>_<set>.jsonl``."""
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # call on all ranks
+        names = self._set_names(stage)
+        for index in range(self._num_sets(stage)):
+            records = gather_records(self._records[stage].get(index, []))
+            if self.trainer.is_global_zero:
+                path = log_dir / "predictions" / f"{stage}_{set_name(index, names)}.jsonl"
+                write_jsonl(path, records)
+                log.info("wrote %s transcripts to %s", len(records), path)
+        self._records[stage] = {}
+
+    # -- optimisation -----------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        model = self._require_model()
+        groups = parameter_groups(model, hp.learning_rate, hp.head_learning_rate, hp.weight_decay)
+        on_cuda = all(group["params"][0].is_cuda for group in groups)
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=hp.learning_rate,
+            betas=hp.adam_betas,
+            eps=hp.adam_epsilon,
+            fused=on_cuda or None,
+        )
+        total = self.trainer.estimated_stepping_batches
+        scheduler = build_scheduler(optimizer, hp.scheduler, hp.warmup_ratio, total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # -- state beyond the weights -----------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["asr_lightning"] = {
+            "skipped_total": self._skipped_total,
+            "blank_only_evaluations": self._blank_only_evaluations,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("asr_lightning", {})
+        self._skipped_total = state.get("skipped_total", 0)
+        self._blank_only_evaluations = state.get("blank_only_evaluations", 0)
+
+    def save_hf(self, directory: str | Path) -> Path:
+        """Save model (safetensors), feature extractor and tokenizer as a Hugging Face folder.
+
+        ``AutoModelForCTC.from_pretrained(directory)``,
+        ``pipeline("automatic-speech-recognition", model=directory)`` and
+        ``CTCModule(model_name_or_path=directory)`` load it. Under DDP only rank 0 writes.
+
+        Args:
+            directory: folder to write (created if missing).
+        """
+        model = self._require_model()
+        path = Path(directory)
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return path
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path, safe_serialization=True)
+        self.feature_extractor.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        log.info("saved the model, feature extractor and tokenizer to %s", path)
+        return path

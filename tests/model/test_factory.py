@@ -1,0 +1,69 @@
+"""Configurations and processors, from scratch and from a saved folder."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import ParakeetFeatureExtractor, Wav2Vec2Config, Wav2Vec2FeatureExtractor
+
+from asr_lightning.errors import ConfigError, ModelError, VocabularyError
+from asr_lightning.model.factory import build_config, build_processor, with_overrides
+from tests.model import tiny
+
+
+def test_overrides_recompute_derived_settings():
+    config = with_overrides(
+        Wav2Vec2Config(), {"conv_dim": (8, 8), "conv_kernel": (3, 3), "conv_stride": (2, 2)}
+    )
+
+    assert config.num_feat_extract_layers == 2
+
+
+def test_encoder_settings_of_parakeet_may_be_given_flat():
+    config = build_config("parakeet_ctc", tiny.VOCAB, {"hidden_size": 48, "num_attention_heads": 4})
+
+    assert config.encoder_config.hidden_size == 48
+    assert config.encoder_config.num_key_value_heads == 4
+    assert (config.vocab_size, config.pad_token_id) == (len(tiny.VOCAB), tiny.VOCAB["<pad>"])
+
+
+def test_unknown_settings_are_refused_with_a_suggestion():
+    with pytest.raises(ConfigError, match="Did you mean num_hidden_layers"):
+        build_config("wav2vec2", tiny.VOCAB, {"num_hidden_layer": 2})
+
+
+def test_only_listed_architectures_are_built_from_scratch():
+    with pytest.raises(ConfigError, match="parakeet_ctc"):
+        build_config("whisper", tiny.VOCAB)
+
+
+def test_a_vocabulary_without_a_blank_is_refused():
+    with pytest.raises(VocabularyError, match="<pad>"):
+        build_config("wav2vec2", {"a": 0, "b": 1})
+
+
+def test_scratch_processors_follow_the_architecture():
+    extractor, tokenizer = build_processor(None, "parakeet_ctc", tiny.VOCAB, {"num_mel_bins": 16})
+    assert isinstance(extractor, ParakeetFeatureExtractor) and extractor.feature_size == 16
+    assert tokenizer.get_vocab() == tiny.VOCAB
+
+    extractor, _ = build_processor(None, "wav2vec2", tiny.VOCAB, {"feat_extract_norm": "group"})
+    assert isinstance(extractor, Wav2Vec2FeatureExtractor)
+    assert not extractor.return_attention_mask
+
+
+def test_a_saved_folder_provides_its_own_processor(tmp_path):
+    folder = tiny.scratch_module().save_hf(tmp_path / "hf")
+
+    extractor, tokenizer = build_processor(str(folder))
+
+    assert isinstance(extractor, Wav2Vec2FeatureExtractor)
+    assert tokenizer.get_vocab() == tiny.VOCAB
+
+
+def test_missing_pieces_are_named():
+    with pytest.raises(ConfigError, match="model_name_or_path.*model_type"):
+        build_processor(None)
+    with pytest.raises(ConfigError, match="vocab"):
+        build_processor(None, "wav2vec2")
+    with pytest.raises(ModelError, match="feature extractor"):
+        build_processor("/nonexistent/model", vocab=tiny.VOCAB)

@@ -1,0 +1,263 @@
+"""CTCModule: padded batches, training, evaluation reports, export and reloading."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCTC, pipeline
+
+from asr_lightning.decoding.greedy import greedy_decode
+from asr_lightning.errors import ConfigError
+from asr_lightning.model.module import CTCModule
+from tests.model import tiny
+
+
+@pytest.mark.parametrize("model_type", ["wav2vec2", "parakeet_ctc"])
+def test_a_clip_alone_and_in_a_padded_batch_gives_the_same_transcript(model_type):
+    module = tiny.scratch_module(model_type).eval()
+    alone = tiny.batch_of(module, [0.4], ["abc"])
+    padded = tiny.batch_of(module, [0.4, 1.0], ["abc", "cab ba"])
+
+    with torch.no_grad():
+        logits_alone, lengths_alone = module(alone)
+        logits_padded, lengths_padded = module(padded)
+
+    length = int(lengths_alone[0])
+    assert int(lengths_padded[0]) == length < logits_padded.shape[1]
+    torch.testing.assert_close(
+        logits_padded[0, :length], logits_alone[0, :length], atol=1e-4, rtol=1e-4
+    )
+    assert (
+        module.transcribe(logits_padded, lengths_padded)[0]
+        == module.transcribe(logits_alone, lengths_alone)[0]
+    )
+    if model_type == "wav2vec2":  # a random model emits characters on padding frames too
+        assert module.transcribe(logits_alone, lengths_alone)[0]
+        naive = greedy_decode(
+            logits_padded,
+            torch.full_like(lengths_padded, 10**9).clamp(max=logits_padded.shape[1]),
+            module.blank_id,
+        )
+        assert naive[0] != greedy_decode(logits_alone, lengths_alone, module.blank_id)[0]
+
+
+def test_a_group_norm_wav2vec2_is_not_given_the_attention_mask():
+    module = tiny.scratch_module(config_overrides=tiny.WAV2VEC2_GROUP_NORM).eval()
+    batch = tiny.batch_of(module, [0.3, 0.5])
+    seen = {}
+    module.model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True
+    )
+
+    with torch.no_grad():
+        module(batch)
+
+    assert "attention_mask" not in seen and "input_values" in seen
+
+
+@pytest.mark.parametrize("model_type", ["wav2vec2", "parakeet_ctc"])
+def test_a_few_steps_lower_the_loss(model_type, tmp_path):
+    module = tiny.scratch_module(
+        model_type, learning_rate=3e-3, scheduler="constant", warmup_ratio=0.0
+    )
+    batch = tiny.batch_of(module, [0.3, 0.5])
+    module.eval()
+    with torch.no_grad():
+        before = module._loss(*module(batch), batch["labels"]).item()
+
+    module.train()
+    tiny.trainer(tmp_path, max_steps=5).fit(module, tiny.loader(*[batch] * 5))
+
+    module.eval()
+    with torch.no_grad():
+        after = module._loss(*module(batch), batch["labels"]).item()
+    assert np.isfinite(after) and after < before
+
+
+def test_the_head_gets_its_own_learning_rate(tmp_path):
+    module = tiny.scratch_module(
+        learning_rate=1e-4, head_learning_rate=1e-2, scheduler="constant", warmup_ratio=0.0
+    )
+    trainer = tiny.trainer(tmp_path, max_steps=1)
+    trainer.fit(module, tiny.loader(tiny.batch_of(module, [0.3])))
+
+    head = {id(p) for p in module.model.lm_head.parameters()}
+    for group in trainer.optimizers[0].param_groups:
+        is_head = {id(p) in head for p in group["params"]}
+        assert is_head == {group["name"].startswith("head")}
+        assert group["lr"] == (1e-2 if group["name"].startswith("head") else 1e-4)
+
+
+def test_validation_and_test_log_error_rates_and_write_transcripts(tmp_path):
+    module = tiny.scratch_module()
+    batch = tiny.batch_of(module, [0.3, 0.5])
+    trainer = tiny.trainer(tmp_path, max_steps=1)
+    trainer.fit(module, tiny.loader(batch), tiny.loader(batch))
+    assert {"train/loss", "val/loss", "val/wer", "val/cer"} <= set(trainer.callback_metrics)
+
+    trainer.test(module, tiny.loader(batch))
+
+    assert {"test/loss", "test/wer", "test/cer"} <= set(trainer.callback_metrics)
+    lines = (tmp_path / "predictions" / "test_0.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["id"] for r in records] == batch["ids"]
+    assert records[0]["reference"] == "abc"
+    assert set(records[0]) >= {"hypothesis", "word_errors", "ref_words", "char_errors"}
+
+
+def test_several_validation_sets_are_logged_by_name(tmp_path):
+    import lightning
+
+    module = tiny.scratch_module()
+    batch = tiny.batch_of(module, [0.3, 0.5])
+
+    class Data(lightning.LightningDataModule):
+        val_set_names = ["clean", "noisy"]
+
+        def val_dataloader(self):
+            return [tiny.loader(batch), tiny.loader(batch)]
+
+    tiny.trainer(tmp_path).validate(module, datamodule=Data())
+
+    metrics = module.trainer.callback_metrics
+    assert {"val/clean/wer", "val/noisy/wer", "val/clean/loss", "val/wer", "val/loss"} <= set(
+        metrics
+    )
+    assert metrics["val/wer"] == metrics["val/clean/wer"]
+
+
+def test_predict_returns_transcripts_by_id(tmp_path):
+    module = tiny.scratch_module()
+    batch = tiny.batch_of(module, [0.3, 0.5])
+
+    (predictions,) = tiny.trainer(tmp_path).predict(module, tiny.loader(batch))
+
+    assert [p["id"] for p in predictions] == ["utt0", "utt1"]
+    assert all(isinstance(p["hypothesis"], str) for p in predictions)
+    assert (tmp_path / "predictions" / "predict_0.jsonl").is_file()
+
+
+def test_blank_only_transcripts_raise_a_loud_warning_not_an_error(tmp_path):
+    module = tiny.scratch_module(blank_warning_patience=2)
+    with torch.no_grad():  # a head that always prefers the blank
+        module.model.lm_head.bias[module.blank_id] = 1e4
+    batch = tiny.batch_of(module, [0.3])
+    trainer = tiny.trainer(tmp_path)
+
+    trainer.validate(module, tiny.loader(batch))
+    with pytest.warns(UserWarning, match="only blanks.*learning rate.*vocabulary"):
+        trainer.validate(module, tiny.loader(batch))
+
+
+def test_a_batch_with_every_item_skipped_is_skipped_and_counted(tmp_path, caplog):
+    module = tiny.scratch_module(scheduler="constant", warmup_ratio=0.0)
+    good = tiny.batch_of(module, [0.3])
+    good["skipped"] = [("bad1", "undecodable")]
+    empty = tiny.batch_of(module, [0.3])
+    empty = {**{k: v[:0] for k, v in empty.items()}, "skipped": [("bad2", "empty audio")]}
+    trainer = tiny.trainer(tmp_path, max_steps=2, log_every_n_steps=1)
+
+    with caplog.at_level(logging.WARNING):
+        trainer.fit(module, tiny.loader(empty, good))
+
+    assert "every item of training batch 0 was skipped" in caplog.text
+    assert trainer.callback_metrics["data/skipped"] == 2
+
+
+def test_save_hf_loads_in_transformers_and_the_asr_pipeline(tmp_path):
+    module = tiny.scratch_module().eval()
+    batch = tiny.batch_of(module, [0.5], ["abc"])
+    audio = tiny.clip(0.5, seed=0)  # the clip of that batch
+    folder = module.save_hf(tmp_path / "hf")
+
+    model = AutoModelForCTC.from_pretrained(folder)
+    text = pipeline("automatic-speech-recognition", model=str(folder))(audio)["text"]
+
+    with torch.no_grad():
+        logits, lengths = module(batch)
+        torch.testing.assert_close(model(batch["input_values"]).logits, logits)
+    assert text and text == module.transcribe(logits, lengths)[0]
+    assert (folder / "model.safetensors").is_file()
+
+
+def test_a_saved_folder_is_a_pretrained_model_to_fine_tune_again(tmp_path):
+    module = tiny.scratch_module().eval()
+    folder = module.save_hf(tmp_path / "hf")
+    batch = tiny.batch_of(module, [0.3, 0.5])
+
+    again = CTCModule(model_name_or_path=str(folder), vocab=tiny.VOCAB, warmup_ratio=0.0)
+    again.configure_model()
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch)[0], module(batch)[0])
+    frozen = [p.requires_grad for p in again.model.wav2vec2.feature_extractor.parameters()]
+    assert frozen and not any(frozen)  # fine-tuning freezes the feature encoder by default
+
+    again.train()
+    tiny.trainer(tmp_path, max_steps=2).fit(again, tiny.loader(batch, batch))
+
+
+def test_a_checkpoint_restores_the_model(tmp_path):
+    module = tiny.scratch_module(learning_rate=1e-2, warmup_ratio=0.0)
+    batch = tiny.batch_of(module, [0.3])
+    trainer = tiny.trainer(tmp_path, max_steps=2)
+    trainer.fit(module, tiny.loader(batch, batch))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+
+    restored = CTCModule.load_from_checkpoint(tmp_path / "last.ckpt").eval()
+
+    with torch.no_grad():
+        torch.testing.assert_close(restored(batch)[0], module.eval()(batch)[0])
+
+
+def test_training_settings_reach_the_model_configuration():
+    module = tiny.scratch_module(
+        mask_time_prob=0.3, mask_feature_prob=0.1, layerdrop=0.0, gradient_checkpointing=True
+    )
+
+    config = module.model.config
+    assert (config.mask_time_prob, config.mask_feature_prob, config.layerdrop) == (0.3, 0.1, 0.0)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in module.model.modules())
+
+
+def test_a_different_vocabulary_gets_a_new_head(tmp_path, caplog):
+    folder = tiny.scratch_module().save_hf(tmp_path / "hf")
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, "x": 3, "y": 4}
+
+    module = CTCModule(model_name_or_path=str(folder), vocab=vocab)
+    with caplog.at_level(logging.WARNING):
+        module.configure_model()
+
+    assert module.model.lm_head.out_features == len(vocab)
+    assert module.tokenizer.get_vocab() == vocab
+    assert "new CTC head" in caplog.text
+
+
+def test_from_scratch_the_feature_encoder_trains_unless_frozen():
+    assert all(p.requires_grad for p in tiny.scratch_module().model.parameters())
+    frozen = tiny.scratch_module(freeze_feature_encoder=True).model.wav2vec2.feature_extractor
+    assert not any(p.requires_grad for p in frozen.parameters())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mask_time_prob": 0.05}, "mask_time_prob.*parakeet_ctc"),
+        ({"freeze_feature_encoder": True}, "no convolutional feature encoder"),
+        ({"config_overrides": {"hiden_size": 8}}, "Did you mean hidden_size"),
+    ],
+)
+def test_settings_a_parakeet_model_lacks_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny.scratch_module("parakeet_ctc", **settings)
+
+
+def test_a_model_from_scratch_needs_an_architecture_and_a_vocabulary():
+    with pytest.raises(ConfigError, match="model_type"):
+        CTCModule(model_name_or_path=None)
+    with pytest.raises(ConfigError, match="vocab"):
+        CTCModule(model_name_or_path=None, model_type="wav2vec2").configure_model()
