@@ -145,14 +145,15 @@ def scratch_feature_extractor(config: Any) -> Any:
     )
 
 
-def _checkpoint_tokenizer(model_name_or_path: str) -> Any | None:
+def _checkpoint_tokenizer(model_name_or_path: str) -> tuple[Any | None, str]:
+    """The checkpoint's tokenizer, or None and why it could not be loaded."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_name_or_path)
+        return AutoTokenizer.from_pretrained(model_name_or_path), ""
     except (OSError, ValueError, TypeError, KeyError) as err:
         log.info("no usable tokenizer in %s (%s)", model_name_or_path, err)
-        return None
+        return None, str(err).strip()
 
 
 def _vocab_fits(tokenizer: Any, vocab: Mapping[str, int]) -> bool:
@@ -172,12 +173,14 @@ def resolve_tokenizer(
     from asr_lightning.text.vocab import make_tokenizer
 
     if model_name_or_path is not None:
-        tokenizer = _checkpoint_tokenizer(model_name_or_path)
+        tokenizer, reason = _checkpoint_tokenizer(model_name_or_path)
         if tokenizer is not None and (vocab is None or _vocab_fits(tokenizer, vocab)):
             return tokenizer, True
         if vocab is None:
             raise ModelError(
-                f"{model_name_or_path} has no tokenizer: pass the data's vocabulary "
+                f"cannot load a tokenizer from {model_name_or_path}: {reason}\n"
+                "Check the hub id or folder (and HF_HUB_OFFLINE); a checkpoint without a "
+                "tokenizer (e.g. facebook/wav2vec2-base) needs the data's vocabulary "
                 "(model.vocab, linked from the datamodule) to train a new CTC head"
             )
     elif vocab is None:
@@ -197,7 +200,7 @@ def load_feature_extractor(model_name_or_path: str) -> Any:
         return AutoFeatureExtractor.from_pretrained(model_name_or_path)
     except (OSError, ValueError) as err:
         raise ModelError(
-            f"cannot load the feature extractor of {model_name_or_path}: {err}. Give a hub id "
+            f"cannot load the feature extractor of {model_name_or_path}: {err}\nGive a hub id "
             "or a folder written by save_pretrained / CTCModule.save_hf"
         ) from err
 
@@ -256,8 +259,8 @@ def load_pretrained(
         config = AutoConfig.from_pretrained(model_name_or_path)
     except (OSError, ValueError) as err:
         raise ModelError(
-            f"cannot load the configuration of {model_name_or_path}: {err}. Check the hub id or "
-            "folder, or set HF_HUB_OFFLINE=0 / log in for gated models"
+            f"cannot load the configuration of {model_name_or_path}: {err}\nCheck the hub id "
+            "or folder, or set HF_HUB_OFFLINE=0 / log in for gated models"
         ) from err
     settings = dict(overrides)
     if new_head:

@@ -67,3 +67,15 @@ def test_missing_pieces_are_named():
         build_processor(None, "wav2vec2")
     with pytest.raises(ModelError, match="feature extractor"):
         build_processor("/nonexistent/model", vocab=tiny.VOCAB)
+
+
+def test_a_checkpoint_without_a_tokenizer_takes_the_datas_vocabulary(tmp_path):
+    module = tiny.scratch_module()
+    module.model.save_pretrained(tmp_path / "encoder")  # like facebook/wav2vec2-base
+    module.feature_extractor.save_pretrained(tmp_path / "encoder")
+
+    _, tokenizer = build_processor(str(tmp_path / "encoder"), vocab=tiny.VOCAB)
+
+    assert tokenizer.get_vocab() == tiny.VOCAB
+    with pytest.raises(ModelError, match="needs the data's vocabulary"):
+        build_processor(str(tmp_path / "encoder"))
