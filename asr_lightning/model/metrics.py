@@ -117,10 +117,6 @@ class ErrorRates(torch.nn.Module):
                 metric.reset()
         return results
 
-    def clear(self) -> None:
-        """Forget every set (e.g. before an evaluation whose sets may differ)."""
-        self.per_set = torch.nn.ModuleDict()
-
 
 def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every process's per-utterance records, each utterance once, on every process.
