@@ -73,7 +73,7 @@ def data_main(argv: Sequence[str]) -> int:
         rules_kwargs["max_duration_s"] = args.max_duration
     normalizer = vocabulary = None
     if args.vocab_from:
-        from asr_lightning.model.module import build_processor
+        from asr_lightning.model.factory import build_processor
         from asr_lightning.text.normalize import TextNormalizer
 
         _, tokenizer = build_processor(args.vocab_from, None, None)
@@ -94,9 +94,20 @@ def data_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _configure_logging() -> None:
+    """Our INFO messages on stderr; Lightning configures its own logger."""
+    logger = logging.getLogger("asr_lightning")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     command = argv[0] if argv else ""
     try:
         if command == "data":

@@ -66,6 +66,8 @@ class ASRDataModule(pl.LightningDataModule):
             extractor are used; linked from the model's ``model_name_or_path``.
         model_type: Architecture of a model trained from scratch (``wav2vec2``, ``parakeet_ctc``),
             which picks the feature extractor; linked from the model.
+        model_config_overrides: The model's architecture overrides (they can change the feature
+            extractor, e.g. Parakeet's ``num_mel_bins``); linked from the model.
         text_case: Case of the normalized text; ``auto`` follows the vocabulary's letters.
         drop_characters: Characters removed from transcripts before tokenization; ``None`` keeps
             the normalizer's default set of punctuation.
@@ -92,6 +94,7 @@ class ASRDataModule(pl.LightningDataModule):
         predict: SourceSpec | None = None,
         processor: str | None = None,
         model_type: str | None = None,
+        model_config_overrides: dict[str, Any] | None = None,
         text_case: Literal["auto", "upper", "lower", "keep"] = "auto",
         drop_characters: str | None = None,
         min_duration_s: float = 1.0,
@@ -118,6 +121,7 @@ class ASRDataModule(pl.LightningDataModule):
         }
         self.processor_name = processor
         self.model_type = model_type
+        self.model_config_overrides = model_config_overrides
         self.text_case = text_case
         self.drop_characters = drop_characters
         self.rules = FilterRules(min_duration_s=min_duration_s, max_duration_s=max_duration_s)
@@ -177,10 +181,12 @@ class ASRDataModule(pl.LightningDataModule):
     def processor(self) -> tuple[Any, Any]:
         """``(feature_extractor, tokenizer)`` used to collate inputs and encode labels."""
         if self._processor is None:
-            from asr_lightning.model.module import build_processor
+            from asr_lightning.model.factory import build_processor
 
             if self.processor_name is None:
-                self._processor = build_processor(None, self.model_type, self.vocab)
+                self._processor = build_processor(
+                    None, self.model_type, self.vocab, self.model_config_overrides
+                )
             else:
                 self._processor = build_processor(self.processor_name, None, None)
         return self._processor
@@ -319,9 +325,19 @@ class ASRDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("predict")
 
-    def split_names(self, split: str) -> list[str]:
-        """Names of the sets of a split, in dataloader order (``val/<name>/wer``)."""
-        return list(self.sources[split])
+    @property
+    def val_set_names(self) -> list[str]:
+        """Validation set names in dataloader order (metrics ``val/<name>/wer``)."""
+        return list(self.sources["validation"])
+
+    @property
+    def test_set_names(self) -> list[str]:
+        """Test set names in dataloader order (metrics ``test/<name>/wer``)."""
+        return list(self.sources["test"])
+
+    @property
+    def predict_set_names(self) -> list[str]:
+        return list(self.sources["predict"])
 
     def _only(self, split: str) -> ASRDataset:
         sets = self.datasets.get(split, {})

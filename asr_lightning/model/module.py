@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from asr_lightning.audio.decode import SAMPLE_RATE
 from asr_lightning.decoding.greedy import greedy_decode, ids_to_text
 from asr_lightning.errors import ConfigError
 from asr_lightning.model import factory
@@ -183,6 +185,28 @@ class CTCModule(lightning.LightningModule):
         if self.model is None:
             self.configure_model()
         return self.model
+
+    @property
+    def output_frames_per_second(self) -> float:
+        """CTC output frames per second of audio, measured on 10 s of silence.
+
+        The data module reads it to drop utterances whose labels CTC cannot align.
+        """
+        model = self._require_model()
+        seconds = 10
+        silence = np.zeros(seconds * SAMPLE_RATE, dtype=np.float32)
+        batch = dict(
+            self.feature_extractor(
+                [silence],
+                sampling_rate=SAMPLE_RATE,
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
+        )
+        batch["input_lengths"] = torch.tensor([silence.size])
+        if "attention_mask" not in batch:
+            batch["attention_mask"] = torch.ones(1, silence.size, dtype=torch.long)
+        return float(output_lengths(model, batch)[0]) / seconds
 
     @property
     def blank_id(self) -> int:
