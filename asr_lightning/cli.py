@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from asr_lightning.data.durations import DEFAULT_CACHE_PATH, DurationCache
 from asr_lightning.errors import AsrLightningError
 
 log = logging.getLogger(__name__)
@@ -46,14 +48,22 @@ def _data_parser() -> argparse.ArgumentParser:
         "--no-decode", action="store_true", help="read headers only (faster, misses corrupt data)"
     )
     check.add_argument(
-        "--duration-cache", default=None, help="SQLite file caching durations for training"
+        "--duration-cache",
+        default=DEFAULT_CACHE_PATH,
+        help="SQLite file caching durations for training; 'none' disables it "
+        "(default %(default)s, which training reads too)",
     )
     return parser
 
 
+def _duration_cache(path: str) -> DurationCache | None:
+    if path.lower() == "none":
+        return None
+    return DurationCache(os.path.expanduser(path))
+
+
 def data_main(argv: Sequence[str]) -> int:
     from asr_lightning.data import check, prepare
-    from asr_lightning.data.durations import DurationCache
     from asr_lightning.data.filters import FilterRules
     from asr_lightning.data.sources import read_source
 
@@ -86,7 +96,7 @@ def data_main(argv: Sequence[str]) -> int:
         rules=FilterRules(**rules_kwargs),
         normalizer=normalizer,
         vocabulary=vocabulary,
-        cache=DurationCache(args.duration_cache) if args.duration_cache else None,
+        cache=_duration_cache(args.duration_cache),
         decode=not args.no_decode,
         progress=sys.stderr.isatty(),
     )

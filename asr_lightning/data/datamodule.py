@@ -7,7 +7,8 @@ which treatment (augmentation and shuffling for training only) and reports what 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -18,9 +19,10 @@ from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend
 from asr_lightning.data.bucketing import DurationBucketSampler
 from asr_lightning.data.collate import CTCCollator
 from asr_lightning.data.dataset import ASRDataset, Item
-from asr_lightning.data.durations import DurationCache, measure_durations
+from asr_lightning.data.durations import DEFAULT_CACHE_PATH, DurationCache, measure_durations
 from asr_lightning.data.filters import FilterReport, FilterRules, filter_utterances
-from asr_lightning.data.sources import SourceConfig, load_source
+from asr_lightning.data.sources import SourceConfig, iter_source, load_source, parse_spec
+from asr_lightning.data.streaming import DEFAULT_BUFFER_SIZE, StreamingASRDataset
 from asr_lightning.errors import ConfigError, VocabularyError
 from asr_lightning.text.normalize import TextNormalizer
 from asr_lightning.text.vocab import LabelEncoder, build_vocab
@@ -28,6 +30,7 @@ from asr_lightning.text.vocab import LabelEncoder, build_vocab
 log = logging.getLogger(__name__)
 
 SourceSpec = str | SourceConfig
+AnyDataset = ASRDataset | StreamingASRDataset
 #: Above this share of training transcripts dropped as empty after normalization, the text and
 #: the vocabulary do not fit together (wrong script, case or tokenizer) and training would only
 #: learn to emit blanks: stop before it starts.
@@ -51,6 +54,18 @@ class EpochTaggedSampler(Sampler[list[tuple[int, int]]]):
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that tells its (streaming) dataset the epoch before each pass."""
+
+    def __init__(self, dataset: StreamingASRDataset, epoch: Callable[[], int], **kwargs: Any):
+        super().__init__(dataset, **kwargs)
+        self._epoch = epoch
+
+    def __iter__(self):  # type: ignore[override]
+        self.dataset.set_epoch(self._epoch())
+        return super().__iter__()
 
 
 class ASRDataModule(pl.LightningDataModule):
@@ -82,7 +97,9 @@ class ASRDataModule(pl.LightningDataModule):
         augment: Training-only waveform augmentation; ``None`` disables it.
         level: Level normalization applied to every split (AN4 audio is quiet).
         decode_backends: Audio decoders tried in this order.
-        duration_cache: SQLite file caching measured durations; ``None`` disables the cache.
+        duration_cache: SQLite file caching measured durations (shared with ``data check
+            --duration-cache``); ``None`` disables the cache.
+        stream_buffer_size: Utterances of a ``streaming`` source sorted together into batches.
         seed: Seed of batching order and augmentation.
     """
 
@@ -107,7 +124,8 @@ class ASRDataModule(pl.LightningDataModule):
         augment: AugmentConfig | None = None,
         level: Literal["none", "peak", "rms"] = "none",
         decode_backends: Sequence[Backend] = DEFAULT_BACKENDS,
-        duration_cache: str | None = None,
+        duration_cache: str | None = DEFAULT_CACHE_PATH,
+        stream_buffer_size: int = DEFAULT_BUFFER_SIZE,
         seed: int = 42,
     ) -> None:
         super().__init__()
@@ -134,6 +152,7 @@ class ASRDataModule(pl.LightningDataModule):
         self.level = level
         self.decode_backends = tuple(decode_backends)
         self.duration_cache = duration_cache
+        self.stream_buffer_size = stream_buffer_size
         self.seed = seed
         self.datasets: dict[str, dict[str, ASRDataset]] = {}
         self.reports: dict[str, FilterReport] = {}
@@ -163,7 +182,7 @@ class ASRDataModule(pl.LightningDataModule):
         texts = [
             normalizer(utt.text)
             for spec in self.sources["train"].values()
-            for utt in load_source(spec)
+            for utt in iter_source(spec)
         ]
         vocab = build_vocab(texts)
         log.info(
@@ -211,40 +230,64 @@ class ASRDataModule(pl.LightningDataModule):
             "test": ("test",),
             "predict": ("predict",),
         }.get(stage or "fit", ("train", "validation", "test", "predict"))
-        cache = DurationCache(self.duration_cache) if self.duration_cache else None
-        encoder = LabelEncoder(self.tokenizer)
-        normalizer = self.normalizer()
-        rules = self._rules_for_model()
         for split in wanted:
             if split in self.datasets or not self.sources[split]:
                 continue
-            self.datasets[split] = {}
-            for name, spec in self.sources[split].items():
-                utts = load_source(spec)
-                durations = measure_durations(utts, cache, progress=len(utts) > 2000)
-                split_rules = rules if split == "train" else _eval_rules(rules)
-                kept, report = filter_utterances(
-                    utts, durations, split_rules, normalizer, label_length=encoder
-                )
-                self.reports[f"{split}/{name}"] = report
-                log.info("%s/%s: %s", split, name, report.summary())
-                if split == "train":
-                    _check_transcripts_fit(report, len(utts), name, normalizer)
-                items = [Item(k.utterance.id, k.utterance.audio, k.text, k.duration) for k in kept]
-                augmenter = (
-                    Augmenter(self.augment, seed=self.seed)
-                    if split == "train" and self.augment
-                    else None
-                )
-                self.datasets[split][name] = ASRDataset(
-                    items,
-                    encoder,
-                    sample_rate=SAMPLE_RATE,
-                    backends=self.decode_backends,
-                    augmenter=augmenter,
-                    level=self.level,
-                    seed=self.seed,
-                )
+            self.datasets[split] = {
+                name: self._dataset(split, name, spec) for name, spec in self.sources[split].items()
+            }
+
+    def _dataset(self, split: str, name: str, spec: SourceSpec) -> AnyDataset:
+        """Reads, measures and filters one source (or prepares its stream)."""
+        encoder = LabelEncoder(self.tokenizer)
+        normalizer = self.normalizer()
+        rules = self._rules_for_model()
+        if split != "train":
+            rules = _eval_rules(rules)
+        augmenter = (
+            Augmenter(self.augment, seed=self.seed) if split == "train" and self.augment else None
+        )
+        config = parse_spec(spec)
+        if config.streaming:
+            replicas, rank = self._world()
+            return StreamingASRDataset(
+                config,
+                normalizer,
+                encoder,
+                rules,
+                max_batch_seconds=self.max_batch_seconds
+                if split == "train"
+                else self.eval_max_batch_seconds,
+                batch_size=self.batch_size,
+                buffer_size=self.stream_buffer_size,
+                shuffle=split == "train",
+                augmenter=augmenter,
+                level=self.level,
+                backends=self.decode_backends,
+                seed=self.seed,
+                num_replicas=replicas,
+                rank=rank,
+            )
+        utts = load_source(config)
+        cache = None
+        if self.duration_cache:
+            cache = DurationCache(os.path.expanduser(self.duration_cache))
+        durations = measure_durations(utts, cache, progress=len(utts) > 2000)
+        kept, report = filter_utterances(utts, durations, rules, normalizer, label_length=encoder)
+        self.reports[f"{split}/{name}"] = report
+        log.info("%s/%s: %s", split, name, report.summary())
+        if split == "train":
+            _check_transcripts_fit(report, len(utts), name, normalizer)
+        items = [Item(k.utterance.id, k.utterance.audio, k.text, k.duration) for k in kept]
+        return ASRDataset(
+            items,
+            encoder,
+            sample_rate=SAMPLE_RATE,
+            backends=self.decode_backends,
+            augmenter=augmenter,
+            level=self.level,
+            seed=self.seed,
+        )
 
     def _rules_for_model(self) -> FilterRules:
         """CTC feasibility needs the model's output frame rate, read from the attached model."""
@@ -259,6 +302,16 @@ class ASRDataModule(pl.LightningDataModule):
         )
 
     # ----------------------------------------------------------------------------- loaders
+    def _stream_loader(self, dataset: StreamingASRDataset) -> DataLoader:
+        # workers are re-created every epoch so they see the epoch set by _EpochLoader
+        return _EpochLoader(
+            dataset,
+            epoch=lambda: getattr(getattr(self, "trainer", None), "current_epoch", 0),
+            batch_size=None,
+            collate_fn=CTCCollator(self.feature_extractor),
+            num_workers=self.num_workers,
+        )
+
     def _loader(self, dataset: ASRDataset, sampler: DurationBucketSampler) -> DataLoader:
         return DataLoader(
             dataset,
@@ -277,6 +330,8 @@ class ASRDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._only("train")
+        if isinstance(dataset, StreamingASRDataset):
+            return self._stream_loader(dataset)
         replicas, rank = self._world()
         sampler = DurationBucketSampler(
             dataset.durations,
@@ -303,6 +358,9 @@ class ASRDataModule(pl.LightningDataModule):
         replicas, rank = self._world()
         loaders = []
         for dataset in self.datasets.get(split, {}).values():
+            if isinstance(dataset, StreamingASRDataset):
+                loaders.append(self._stream_loader(dataset))
+                continue
             sampler = DurationBucketSampler(
                 dataset.durations,
                 max_batch_seconds=self.eval_max_batch_seconds,
@@ -339,7 +397,7 @@ class ASRDataModule(pl.LightningDataModule):
     def predict_set_names(self) -> list[str]:
         return list(self.sources["predict"])
 
-    def _only(self, split: str) -> ASRDataset:
+    def _only(self, split: str) -> AnyDataset:
         sets = self.datasets.get(split, {})
         if not sets:
             raise ConfigError(f"no {split} data: set data.{split} in the config")

@@ -61,6 +61,10 @@ def file_key(path: str | os.PathLike[str]) -> CacheKey:
     return absolute, stat.st_size, stat.st_mtime_ns
 
 
+#: Where training and ``data check`` share measured durations unless told otherwise.
+DEFAULT_CACHE_PATH = "~/.cache/asr-lightning/durations.sqlite"
+
+
 class DurationCache:
     """Durations (or decode failures) of audio files, persisted in SQLite.
 

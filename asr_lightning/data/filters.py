@@ -160,7 +160,7 @@ def filter_utterances(
     kept: list[KeptItem] = []
     report = FilterReport(total=len(utterances))
     for utt, duration in zip(utterances, durations, strict=True):
-        reason, text = _verdict(utt, duration, rules, normalizer, label_length)
+        reason, text = verdict(utt, duration, rules, normalizer, label_length)
         if reason is not None:
             report.drop(reason, utt.id)
         else:
@@ -169,14 +169,17 @@ def filter_utterances(
     return kept, report
 
 
-def _verdict(
+def verdict(
     utt: Utterance,
     duration: float | AudioDecodeError,
     rules: FilterRules,
     normalizer: Callable[[str], str],
     label_length: Callable[[str], int | Sequence[int]] | None,
 ) -> tuple[str | None, str]:
-    """(reason to drop or ``None``, normalized text)."""
+    """Why one utterance is dropped (``None``: kept) and its normalized text.
+
+    Used per item by :func:`filter_utterances` and by the streaming dataset.
+    """
     if isinstance(duration, AudioDecodeError):
         return decode_reason(duration), ""
     if duration < rules.min_duration_s:
