@@ -99,7 +99,7 @@ def bucket_boundaries(
     return [float(values[min(start, values.size - 1)]) for start in starts]
 
 
-def _pack_by_seconds(order: np.ndarray, durations: np.ndarray, cap: float) -> Batches:
+def pack_by_seconds(order: np.ndarray, durations: np.ndarray, cap: float) -> Batches:
     """Greedy packing in ``order``: a batch grows while ``rows * longest <= cap``."""
     batches: Batches = []
     current: list[int] = []
@@ -157,7 +157,7 @@ def make_batches(
     for low, high in zip(starts[:-1], starts[1:], strict=True):
         bucket = order[low:high]
         if max_batch_seconds is not None:
-            batches += _pack_by_seconds(bucket, values, max_batch_seconds)
+            batches += pack_by_seconds(bucket, values, max_batch_seconds)
         else:
             step = int(batch_size)  # type: ignore[arg-type]  # checked above
             batches += [bucket[i : i + step].tolist() for i in range(0, bucket.size, step)]

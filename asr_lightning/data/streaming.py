@@ -23,6 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from asr_lightning.audio.augment import Augmenter, normalize_level
 from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend, load_audio
+from asr_lightning.data.bucketing import pack_by_seconds
 from asr_lightning.data.dataset import Example, LevelMode, Skipped
 from asr_lightning.data.filters import FilterRules, decode_reason, verdict
 from asr_lightning.data.sources import SourceConfig, iter_source
@@ -73,27 +74,15 @@ def _cut(
     batch_size: int | None,
     rng: np.random.Generator | None,
 ) -> Iterator[list[T]]:
-    buffer.sort(key=lambda entry: entry[1])
-    batches: list[list[T]] = []
-    batch: list[T] = []
-    longest = 0.0
-    for item, seconds in buffer:
-        grown = max(longest, seconds)
-        full = (
-            len(batch) >= batch_size
-            if batch_size is not None
-            else batch and (len(batch) + 1) * grown > max_batch_seconds  # type: ignore[operator]
-        )
-        if full:
-            batches.append(batch)
-            batch, grown = [], seconds
-        batch.append(item)
-        longest = grown
-    if batch:
-        batches.append(batch)
-    order = rng.permutation(len(batches)) if rng is not None else range(len(batches))
-    for i in order:
-        yield batches[i]
+    durations = np.array([seconds for _, seconds in buffer], dtype=np.float64)
+    order = np.argsort(durations, kind="stable")
+    if batch_size is not None:
+        batches = [order[i : i + batch_size].tolist() for i in range(0, order.size, batch_size)]
+    else:
+        batches = pack_by_seconds(order, durations, max_batch_seconds)  # type: ignore[arg-type]
+    sequence = rng.permutation(len(batches)) if rng is not None else range(len(batches))
+    for i in sequence:
+        yield [buffer[index][0] for index in batches[i]]
 
 
 class StreamingASRDataset(IterableDataset):
