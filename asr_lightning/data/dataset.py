@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from asr_lightning.audio.augment import Augmenter, normalize_level
 from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend, load_audio
+from asr_lightning.data.audio_cache import DecodedAudio
 from asr_lightning.errors import AsrLightningError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,12 @@ class ASRDataset(Dataset):
     The epoch travels with the index (see :class:`EpochTaggedSampler`) so augmentation draws from
     ``default_rng([seed, epoch, index])``: reproducible whatever the number of workers, and
     different every epoch even with persistent workers.
+
+    With ``cache_audio=True`` every item is decoded once, when the dataset is created (in the
+    main process, before DataLoader workers fork), into one shared buffer
+    (:class:`~asr_lightning.data.audio_cache.DecodedAudio`); items are then sliced from it, and
+    level normalization and augmentation still run per item and epoch. Undecodable items are
+    still returned as :class:`Skipped`, with the same reason, every epoch.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class ASRDataset(Dataset):
         augmenter: Augmenter | None = None,
         level: LevelMode = "none",
         seed: int = 0,
+        cache_audio: bool = False,
     ) -> None:
         self.items = list(items)
         self.label_encoder = label_encoder
@@ -77,6 +85,11 @@ class ASRDataset(Dataset):
         self.augmenter = augmenter
         self.level = level
         self.seed = seed
+        self.cache: DecodedAudio | None = None
+        if cache_audio:
+            self.cache = DecodedAudio.build(
+                len(self.items), self._decode_reason, sample_rate=sample_rate
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -85,11 +98,10 @@ class ASRDataset(Dataset):
     def durations(self) -> list[float]:
         return [item.duration for item in self.items]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Example | Skipped:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        item = self.items[index]
+    def _decode(self, item: Item) -> np.ndarray | Skipped:
+        """Decoded samples of ``item``, or :class:`Skipped` with the reason."""
         try:
-            audio = load_audio(item.audio, self.sample_rate, self.backends)
+            return load_audio(item.audio, self.sample_rate, self.backends)
         except AsrLightningError as err:
             reason = getattr(err, "reason", str(err).splitlines()[0])
             log.debug("skipping %s: %s", item.id, reason)
@@ -97,6 +109,21 @@ class ASRDataset(Dataset):
         except Exception as err:  # a worker must never die on one file
             log.warning("skipping %s: unexpected %s: %s", item.id, type(err).__name__, err)
             return Skipped(item.id, f"decode failed: {type(err).__name__}")
+
+    def _decode_reason(self, index: int) -> np.ndarray | str:
+        decoded = self._decode(self.items[index])
+        return decoded.reason if isinstance(decoded, Skipped) else decoded
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Example | Skipped:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        item = self.items[index]
+        if self.cache is not None:
+            cached = self.cache.get(index)
+            audio = Skipped(item.id, cached) if isinstance(cached, str) else cached
+        else:
+            audio = self._decode(item)
+        if isinstance(audio, Skipped):
+            return audio
         # level first, so the augmenter's random gain still varies the level the model sees
         if self.level != "none":
             audio = normalize_level(audio, self.level)
