@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -13,6 +14,7 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
+    ProgressBar,
     RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -82,6 +84,8 @@ class ASRLightningCLI(LightningCLI):
                 "early_stopping.monitor": "val/wer",
                 "early_stopping.mode": "min",
                 "early_stopping.patience": 3,
+                # after each validation, never at an epoch end without one (max_steps mid-epoch)
+                "early_stopping.check_on_train_epoch_end": False,
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -95,6 +99,20 @@ class ASRLightningCLI(LightningCLI):
         )
         parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The trainer, with a rich progress bar unless disabled or another one is configured.
+
+        (A progress bar in ``trainer_defaults`` would be added even with
+        ``trainer.enable_progress_bar: false``, which the Trainer refuses.)
+        """
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        wanted = config.get("enable_progress_bar") is not False
+        if wanted and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, RichProgressBar(leave=True)]
+        return super().instantiate_trainer(**kwargs)
+
 
 def run_lightning_cli(argv: Sequence[str]) -> ASRLightningCLI:
     """Runs ``asr-lightning fit|validate|test|predict ...``."""
@@ -105,7 +123,6 @@ def run_lightning_cli(argv: Sequence[str]) -> ASRLightningCLI:
         args=None if list(argv) == sys.argv[1:] else list(argv),
         seed_everything_default=42,
         trainer_defaults={
-            "callbacks": [RichProgressBar(leave=True)],
             "use_distributed_sampler": False,  # the bucket sampler shards by rank itself
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
