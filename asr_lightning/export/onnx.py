@@ -220,7 +220,7 @@ def check_export(
             ref, ref_len = wrapper(
                 torch.from_numpy(features["inputs"]), torch.from_numpy(features["attention_mask"])
             )
-        logits, lengths = session.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, features.values())))
+        logits, lengths = session.run(list(OUTPUT_NAMES), features)  # keys = INPUT_NAMES
         valid = int(ref_len[0])
         if int(lengths[0]) != valid or logits.shape != tuple(ref.shape):
             raise ModelError(
