@@ -1,0 +1,314 @@
+"""One Transcriber for every runtime: audio in, text and word timestamps out.
+
+``Transcriber.from_pretrained(path)`` reads a Hugging Face model folder, a ``.ckpt`` checkpoint
+or an ONNX folder (``asr-lightning export``), and runs it on PyTorch or onnxruntime. Audio goes
+through the same decoder chain as training data; a file that cannot be read becomes a
+:class:`Transcript` with an ``error`` and never stops the others. Long files are cut into
+overlapping windows (:mod:`asr_lightning.inference.chunking`), windows of all files are batched
+by length, and each file's stitched logits are decoded greedily or by beam search with an
+optional n-gram language model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from asr_lightning.audio.decode import SAMPLE_RATE, AudioSource, load_audio
+from asr_lightning.decoding.greedy import GreedyHypothesis, greedy_decode_with_frames, ids_to_text
+from asr_lightning.errors import AsrLightningError, ModelError
+from asr_lightning.inference.backends import Backend, OnnxBackend, TorchBackend
+from asr_lightning.inference.chunking import Chunk, ChunkOptions, plan_chunks, stitch
+from asr_lightning.inference.models import extract_features, load_model, samples_per_frame
+
+log = logging.getLogger(__name__)
+
+BackendName = Literal["auto", "torch", "onnx"]
+#: Clips shorter than this (seconds) hold no speech to speak of: empty transcript, no model run.
+MIN_AUDIO_S = 0.1
+#: Files loaded at once, as a multiple of the batch size (bounds memory on long file lists).
+FILES_PER_BATCH = 4
+#: Prefix of SentencePiece tokens that begin a word (Parakeet and other BPE vocabularies).
+WORD_START = "\u2581"
+DEFAULT_CHUNKING = ChunkOptions()
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word and where it is spoken, in seconds from the start of the file."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The result for one input."""
+
+    source: str
+    """The file name (or ``<array N>`` for in-memory audio)."""
+    text: str
+    """The transcript; empty for silence or when ``error`` is set."""
+    words: list[Word] = field(default_factory=list)
+    """Per-word timestamps from the CTC alignment."""
+    duration_s: float = 0.0
+    """Length of the audio in seconds (0 when it could not be read)."""
+    error: str | None = None
+    """Why this input could not be transcribed, or ``None``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Item:
+    source: str
+    audio: np.ndarray | None
+    chunks: list[Chunk] = field(default_factory=list)
+    logits: list[np.ndarray | None] = field(default_factory=list)
+    error: str | None = None
+
+
+class Transcriber:
+    """Batched, chunked CTC transcription on PyTorch or onnxruntime."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        feature_extractor: Any,
+        tokenizer: Any,
+        samples_per_frame: int,
+        blank_id: int,
+        decoder: Any | None = None,
+        chunking: ChunkOptions = DEFAULT_CHUNKING,
+        batch_size: int = 8,
+    ) -> None:
+        """
+        Args:
+            backend: the runtime (:class:`TorchBackend` or :class:`OnnxBackend`).
+            feature_extractor: the model's Hugging Face feature extractor.
+            tokenizer: the model's CTC tokenizer.
+            samples_per_frame: audio samples per CTC output frame.
+            blank_id: the CTC blank id.
+            decoder: a :class:`asr_lightning.decoding.beam.BeamSearchDecoder`; ``None``: greedy.
+            chunking: how files longer than ``chunking.chunk_s`` are cut into windows.
+            batch_size: windows run through the model at once.
+        """
+        if batch_size < 1:
+            raise ModelError(f"batch_size must be >= 1, got {batch_size}")
+        self.backend = backend
+        self.feature_extractor = feature_extractor
+        self.tokenizer = tokenizer
+        self.samples_per_frame = samples_per_frame
+        self.blank_id = blank_id
+        self.decoder = decoder
+        self.chunking = chunking
+        self.batch_size = batch_size
+        self.sample_rate = int(getattr(feature_extractor, "sampling_rate", SAMPLE_RATE))
+        self._tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer.get_vocab()))))
+        self._delimiter = getattr(tokenizer, "word_delimiter_token", None)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        backend: BackendName = "auto",
+        onnx_file: str = "model.onnx",
+        num_threads: int | None = None,
+        **kwargs: Any,
+    ) -> Transcriber:
+        """A transcriber for a model folder, checkpoint or ONNX folder.
+
+        Args:
+            path: Hugging Face folder or hub id, ``.ckpt`` checkpoint, or ONNX folder.
+            backend: ``torch``, ``onnx``, or ``auto`` (onnx for ONNX folders, else torch).
+            onnx_file: the ONNX file of the folder (``model.int8.onnx`` for the INT8 model).
+            num_threads: onnxruntime intra-op threads (``None``: one per core).
+            **kwargs: ``decoder``, ``chunking``, ``batch_size`` (see :class:`Transcriber`).
+        """
+        from asr_lightning.export.onnx import METADATA_FILE
+
+        metadata_path = Path(path) / METADATA_FILE
+        is_onnx = metadata_path.is_file()
+        if backend == "auto":
+            backend = "onnx" if is_onnx else "torch"
+        if backend == "onnx":
+            if not is_onnx:
+                raise ModelError(
+                    f"{path} is not an ONNX folder (no {METADATA_FILE}); run "
+                    f"'asr-lightning export {path} --output DIR' and transcribe DIR"
+                )
+            return cls._from_onnx(Path(path), onnx_file, num_threads, **kwargs)
+        if is_onnx and not (Path(path) / "model.safetensors").is_file():
+            raise ModelError(f"{path} holds an ONNX model only: use --backend onnx")
+        loaded = load_model(path)
+        return cls(
+            TorchBackend(loaded.model),
+            loaded.feature_extractor,
+            loaded.tokenizer,
+            samples_per_frame(loaded.model, loaded.feature_extractor),
+            int(loaded.model.config.pad_token_id),
+            **kwargs,
+        )
+
+    @classmethod
+    def _from_onnx(
+        cls, folder: Path, onnx_file: str, num_threads: int | None, **kwargs: Any
+    ) -> Transcriber:
+        from transformers import AutoFeatureExtractor, AutoTokenizer
+
+        from asr_lightning.export.onnx import METADATA_FILE
+
+        metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+        return cls(
+            OnnxBackend(folder / onnx_file, num_threads),
+            AutoFeatureExtractor.from_pretrained(str(folder)),
+            AutoTokenizer.from_pretrained(str(folder)),
+            int(metadata["samples_per_frame"]),
+            int(metadata["blank_id"]),
+            **kwargs,
+        )
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def transcribe(
+        self, sources: Sequence[AudioSource], progress: bool = False
+    ) -> list[Transcript]:
+        """Transcripts of audio files (paths, bytes or file objects), in the order given.
+
+        Args:
+            sources: what :func:`asr_lightning.audio.decode.load_audio` reads.
+            progress: show a progress bar over the files.
+        """
+        results: list[Transcript] = []
+        group = self.batch_size * FILES_PER_BATCH
+        bar = _progress(len(sources), progress)
+        for first in range(0, len(sources), group):
+            items = [self._load(source) for source in sources[first : first + group]]
+            results.extend(self._run(items))
+            bar.update(len(items))
+        bar.close()
+        return results
+
+    def transcribe_arrays(self, audios: Sequence[np.ndarray]) -> list[Transcript]:
+        """Transcripts of float32 mono clips already at the model's sampling rate."""
+        items = [
+            _Item(f"<array {i}>", np.asarray(a, dtype=np.float32)) for i, a in enumerate(audios)
+        ]
+        return self._run(items)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _load(self, source: AudioSource) -> _Item:
+        name = str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
+        try:
+            return _Item(name, load_audio(source, sample_rate=self.sample_rate))
+        except AsrLightningError as err:
+            log.warning("cannot transcribe %s: %s", name, err)
+            return _Item(name, None, error=str(err))
+
+    def _run(self, items: list[_Item]) -> list[Transcript]:
+        segments = []  # (item, chunk index) of every window of every readable clip
+        for item in items:
+            if item.audio is None or item.audio.size < MIN_AUDIO_S * self.sample_rate:
+                continue
+            item.chunks = plan_chunks(
+                item.audio.size, self.samples_per_frame, self.chunking, self.sample_rate
+            )
+            item.logits = [None] * len(item.chunks)
+            segments += [(item, index) for index in range(len(item.chunks))]
+        segments.sort(key=lambda s: s[0].chunks[s[1]].end - s[0].chunks[s[1]].start, reverse=True)
+        for first in range(0, len(segments), self.batch_size):
+            self._forward(segments[first : first + self.batch_size])
+        return [self._finish(item) for item in items]
+
+    def _forward(self, segments: list[tuple[_Item, int]]) -> None:
+        """Logits of a batch of windows; a failing batch is retried one window at a time."""
+        audios = [item.audio[item.chunks[i].start : item.chunks[i].end] for item, i in segments]
+        try:
+            features = extract_features(self.feature_extractor, audios)
+            logits, lengths = self.backend(features["inputs"], features["attention_mask"])
+        except Exception as err:  # a runtime error in one row must not lose the others
+            if len(segments) == 1:
+                item = segments[0][0]
+                item.error = f"inference failed: {type(err).__name__}: {err}"
+                log.warning("cannot transcribe %s: %s", item.source, item.error)
+                return
+            for segment in segments:
+                self._forward([segment])
+            return
+        for row, (item, index) in enumerate(segments):
+            item.logits[index] = logits[row, : int(lengths[row])]  # (T_i, V) valid frames
+
+    def _finish(self, item: _Item) -> Transcript:
+        duration = 0.0 if item.audio is None else round(item.audio.size / self.sample_rate, 3)
+        if item.error is not None:
+            return Transcript(item.source, "", [], duration, item.error)
+        if not item.chunks:  # too short to hold speech
+            return Transcript(item.source, "", [], duration)
+        logits = stitch(item.chunks, item.logits)  # (T, V)
+        path = self._decode(logits)
+        text = ids_to_text(path.ids, self.tokenizer) if path.ids else ""
+        return Transcript(item.source, " ".join(text.split()), self._words(path), duration)
+
+    def _decode(self, logits: np.ndarray) -> GreedyHypothesis:
+        if self.decoder is not None:
+            return self.decoder.decode(logits)
+        batch = torch.from_numpy(np.ascontiguousarray(logits))[None]  # (1, T, V)
+        return greedy_decode_with_frames(batch, torch.tensor([logits.shape[0]]), self.blank_id)[0]
+
+    def _words(self, path: GreedyHypothesis) -> list[Word]:
+        """Words from the emitted tokens: split at the delimiter token or at ``▁`` tokens."""
+        seconds = self.samples_per_frame / self.sample_rate
+        words = []
+        for ids, start, end in _word_spans(path, self._tokens, self._delimiter):
+            text = ids_to_text(ids, self.tokenizer).strip()
+            if text:
+                words.append(Word(text, round(start * seconds, 3), round(end * seconds, 3)))
+        return words
+
+
+def _word_spans(
+    path: GreedyHypothesis, tokens: Sequence[str], delimiter: str | None
+) -> Iterator[tuple[list[int], int, int]]:
+    """``(token ids, first frame, frame past the end)`` of each word of a decoded path."""
+    current: list[int] = []
+    start = end = 0
+    for token_id, first, last in zip(path.ids, path.start_frames, path.end_frames, strict=True):
+        token = tokens[token_id] if token_id < len(tokens) else ""
+        if token == delimiter or (token.startswith(WORD_START) and current):
+            if current:
+                yield current, start, end
+            current = []
+            if token == delimiter:
+                continue
+        if not current:
+            start = first
+        current.append(token_id)
+        end = last
+    if current:
+        yield current, start, end
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="file", desc="transcribing")
