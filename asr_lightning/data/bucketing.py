@@ -341,6 +341,11 @@ class DurationBucketSampler(Sampler[list[int]]):
         return len(self._plan(self.epoch)) // self.num_replicas - self._skip()
 
     @property
+    def batches_per_epoch(self) -> int:
+        """Batches this rank yields in a whole epoch, counting those a resume skips."""
+        return len(self._plan(self.epoch)) // self.num_replicas
+
+    @property
     def padding_fraction(self) -> float:
         """Padding share of the current epoch's batches over all ranks (see padding_fraction)."""
         return padding_fraction(self._plan(self.epoch), self.durations)

@@ -53,7 +53,10 @@ class EpochTaggedSampler(Sampler[list[tuple[int, int]]]):
             yield [(index, epoch) for index in batch]
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        # A whole epoch, even when resuming mid-epoch: Lightning counts the resumed epoch's
+        # batches from the checkpoint's position (batch_progress.current.ready), so it ends the
+        # epoch, and sizes the LR schedule (estimated_stepping_batches), by this length.
+        return self.sampler.batches_per_epoch
 
 
 class _EpochLoader(DataLoader):
@@ -352,10 +355,16 @@ class ASRDataModule(pl.LightningDataModule):
         if self._pending_sampler_state is not None:
             sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
+            log.info(
+                "train: resuming epoch %d after %d of its %d batches",
+                sampler.epoch,
+                sampler.batches_per_epoch - len(sampler),
+                sampler.batches_per_epoch,
+            )
         self._train_sampler = sampler
         log.info(
             "train: %d batches/epoch/rank, padding %.1f%% of frames",
-            len(sampler),
+            sampler.batches_per_epoch,
             100 * sampler.padding_fraction,
         )
         return self._loader(dataset, sampler)
