@@ -21,7 +21,9 @@ from asr_lightning.errors import AsrLightningError
 log = logging.getLogger(__name__)
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TOOL_SUBCOMMANDS = ("data",)
+TOOL_SUBCOMMANDS = ("data", "export", "transcribe")
+#: Files from which ``transcribe`` shows a progress bar (on a terminal).
+PROGRESS_MIN_FILES = 10
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -104,6 +106,97 @@ def data_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asr-lightning export",
+        description="Export a model folder or checkpoint to ONNX and check it against PyTorch.",
+    )
+    parser.add_argument("model", help="Hugging Face model folder, hub id or .ckpt checkpoint")
+    parser.add_argument("--output", type=Path, required=True, help="ONNX folder to write")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="also write INT8")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    parser.add_argument(
+        "--check-audio", nargs="*", default=[], help="clips (files, folders, globs) to check on"
+    )
+    parser.add_argument("--json", action="store_true", help="print the check report as JSON")
+    return parser
+
+
+def export_main(argv: Sequence[str]) -> int:
+    from asr_lightning.export.onnx import DEFAULT_OPSET, export_onnx
+    from asr_lightning.inference.files import expand_audio_args
+
+    args = _export_parser().parse_args(argv)
+    report = export_onnx(
+        args.model,
+        args.output,
+        opset=args.opset or DEFAULT_OPSET,
+        quantize=args.quantize,
+        check_audio=expand_audio_args(args.check_audio),
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    return 0
+
+
+def _transcribe_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asr-lightning transcribe", description="Transcribe audio files of any length."
+    )
+    parser.add_argument("model", help="model folder, .ckpt checkpoint or ONNX folder")
+    parser.add_argument("audio", nargs="+", help="audio files, folders or globs")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+    parser.add_argument("--onnx-file", default="model.onnx", help="e.g. model.int8.onnx")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--json", action="store_true", help="JSON with word timestamps")
+    parser.add_argument("--chunk-s", type=float, default=30.0, help="window length (seconds)")
+    parser.add_argument("--stride-s", type=float, default=4.0, help="context per window side")
+    parser.add_argument(
+        "--beam-width", type=int, default=None, help="beam search (default: greedy)"
+    )
+    parser.add_argument("--lm", default=None, help="word n-gram LM (ARPA, or KenLM binary)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="LM weight")
+    parser.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    return parser
+
+
+def transcribe_main(argv: Sequence[str]) -> int:
+    from asr_lightning.decoding.beam import BeamSearchDecoder
+    from asr_lightning.inference.chunking import ChunkOptions
+    from asr_lightning.inference.files import expand_audio_args
+    from asr_lightning.inference.transcriber import Transcriber
+
+    args = _transcribe_parser().parse_args(argv)
+    files = expand_audio_args(args.audio)
+    transcriber = Transcriber.from_pretrained(
+        args.model,
+        backend=args.backend,
+        onnx_file=args.onnx_file,
+        num_threads=args.threads,
+        chunking=ChunkOptions(args.chunk_s, args.stride_s),
+        batch_size=args.batch_size,
+    )
+    if args.beam_width or args.lm:
+        transcriber.decoder = BeamSearchDecoder.from_tokenizer(
+            transcriber.tokenizer,
+            transcriber.blank_id,
+            lm_path=args.lm,
+            beam_width=args.beam_width or 32,
+            alpha=args.alpha,
+            beta=args.beta,
+        )
+    progress = len(files) >= PROGRESS_MIN_FILES and sys.stderr.isatty()
+    results = transcriber.transcribe(files, progress=progress)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+    for result in results:
+        if result.error:
+            print(f"{result.source}: error: {result.error}", file=sys.stderr)
+        elif not args.json:
+            print(f"{result.source}\t{result.text}")
+    return 1 if any(r.error for r in results) else 0
+
+
 def _configure_logging() -> None:
     """Our INFO messages on stderr; Lightning configures its own logger."""
     logger = logging.getLogger("asr_lightning")
@@ -122,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "data":
             return data_main(argv[1:])
+        if command == "export":
+            return export_main(argv[1:])
+        if command == "transcribe":
+            return transcribe_main(argv[1:])
         from asr_lightning.training import run_lightning_cli
 
         run_lightning_cli(argv)
