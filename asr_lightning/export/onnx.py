@@ -39,6 +39,7 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 METADATA_FILE = "asr_lightning.json"
 DEFAULT_OPSET = 17
+MIN_OPSET = 14
 INPUT_NAMES = ("inputs", "attention_mask")
 OUTPUT_NAMES = ("logits", "logit_lengths")
 Quantization = Literal["int8"]
@@ -101,15 +102,28 @@ def export_onnx(
         check_audio: clips to compare PyTorch and ONNX on (real speech is best); synthetic
             tones when empty.
     """
-    if opset < 14:
-        raise ConfigError(f"opset must be >= 14 (scaled dot-product attention), got {opset}")
-    loaded = load_model(model_path)
+    _check_opset(opset)
+    return export_loaded(
+        load_model(model_path), output_dir, opset, quantize, check_audio, source=str(model_path)
+    )
+
+
+def export_loaded(
+    loaded: LoadedModel,
+    output_dir: str | Path,
+    opset: int = DEFAULT_OPSET,
+    quantize: Quantization | None = None,
+    check_audio: Sequence[AudioSource] = (),
+    source: str = "",
+) -> ExportReport:
+    """:func:`export_onnx` of a model already in memory (the export callback's entry point)."""
+    _check_opset(opset)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clips = [load_audio(source) for source in check_audio] or _synthetic_clips()
+    clips = [load_audio(clip) for clip in check_audio] or _synthetic_clips()
     wrapper = CTCLogits(loaded.model).eval()
     _torch_export(wrapper, loaded, clips, out / ONNX_FILE, opset)
-    save_processor(loaded, out, opset=opset, source=str(model_path))
+    save_processor(loaded, out, opset=opset, source=source)
     files = [ONNX_FILE]
     if quantize == "int8":
         quantize_int8(out / ONNX_FILE, out / INT8_FILE)
@@ -118,6 +132,13 @@ def export_onnx(
     for name in files:
         report.checks.append(check_export(wrapper, loaded, out / name, clips))
     return report
+
+
+def _check_opset(opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ConfigError(
+            f"opset must be >= {MIN_OPSET} (scaled dot-product attention), got {opset}"
+        )
 
 
 def _synthetic_clips() -> list[np.ndarray]:
