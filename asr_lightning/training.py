@@ -1,8 +1,14 @@
-"""LightningCLI for ``fit|validate|test|predict``: defaults, links and the end-of-fit export."""
+"""LightningCLI for ``fit|validate|test|predict``: defaults, links, resuming and the HF export.
+
+``--ckpt_path last`` (and ``best`` for evaluation) are resolved here across the logger's version
+folders: Lightning alone looks for them only in the new run's folder, which a fresh
+``TensorBoardLogger`` version never has, and silently trains from scratch.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,12 +27,68 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from asr_lightning.data.datamodule import ASRDataModule
+from asr_lightning.errors import ConfigError
 from asr_lightning.model.module import CTCModule
 
 log = logging.getLogger(__name__)
 
 #: Name of the Hugging Face model folder written next to the logs at the end of ``fit``.
 HF_FOLDER = "hf_model"
+#: Glob of the checkpoints ``ModelCheckpoint(save_last=True)`` writes (``last-v1.ckpt``...).
+LAST_GLOB = "last*.ckpt"
+#: Logger folder names when the config names none (Lightning's default).
+DEFAULT_LOGGER_NAME = "lightning_logs"
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``every_n_train_steps`` refreshes ``last.ckpt`` only.
+
+    The best ``save_top_k`` checkpoints by ``monitor`` are chosen after each validation, when the
+    metric is fresh; ``last.ckpt`` is also written every ``every_n_train_steps`` optimizer steps,
+    so that a killed run resumes close to where it stopped (``fit --ckpt_path last``). Lightning's
+    own ``every_n_train_steps`` with a validation metric as ``monitor`` saves nothing before the
+    first validation, then ranks checkpoints by the previous validation's value and stops saving
+    after validations.
+
+    Args:
+        every_n_train_steps: Write ``last.ckpt`` every this many optimizer steps (needs
+            ``save_last``); ``None`` or 0: only after validations and at the end of training.
+        **kwargs: The other ``ModelCheckpoint`` arguments.
+    """
+
+    def __init__(self, *, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if every_n_train_steps is not None and every_n_train_steps < 0:
+            raise ConfigError(
+                f"checkpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}"
+            )
+        if every_n_train_steps and not self.save_last:
+            raise ConfigError(
+                "checkpoint.every_n_train_steps refreshes last.ckpt: set checkpoint.save_last: true"
+            )
+        self.every_n_train_steps = every_n_train_steps or 0
+        self._periodic_step = -1
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step, every = trainer.global_step, self.every_n_train_steps
+        # with gradient accumulation several batches end on the same step: save once, after the
+        # batch that stepped (every rank takes the same decision: saving is collective)
+        if not every or step == 0 or step % every or step == self._periodic_step:
+            return
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        self._periodic_step = step
+        path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        self.last_model_path = path  # before saving: it is part of the saved callback state
+        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
 
 
 class SaveHFModel(pl.Callback):
@@ -67,7 +129,7 @@ class ASRLightningCLI(LightningCLI):
     """LightningCLI with the project's callbacks and the data <-> model links."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/wer",
@@ -99,6 +161,34 @@ class ASRLightningCLI(LightningCLI):
         )
         parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """Resolve ``--ckpt_path last`` (``fit``: in the same log folder) and ``best``."""
+        config = self.config[self.subcommand]
+        wanted = config.get("ckpt_path")
+        if wanted not in ("last", "best") or (wanted == "best" and self.subcommand == "fit"):
+            return
+        folders, logger_args = _checkpoint_folders(config)
+        last = newest_last_checkpoint(folders)
+        if last is None:
+            searched = ", ".join(str(folder) for folder in folders) or "(none)"
+            if self.subcommand == "fit":  # like Lightning: "last" may be set before a first run
+                log.warning("no last checkpoint in %s: training from the start", searched)
+                config.ckpt_path = None
+                return
+            raise ConfigError(
+                f"--ckpt_path {wanted}: no last checkpoint in {searched}; give the path of a "
+                ".ckpt file (checkpoints are in <log_dir>/checkpoints)"
+            )
+        if wanted == "best":
+            config.ckpt_path = str(best_checkpoint_of(last))
+        else:
+            config.ckpt_path = str(last)
+        if self.subcommand == "fit" and logger_args is not None:
+            # keep logging and checkpointing in the interrupted run's folder
+            logger_args.version = last.parent.parent.name
+            self.save_config_kwargs["overwrite"] = True
+        log.info("--ckpt_path %s: %s", wanted, config.ckpt_path)
+
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """The trainer, with a rich progress bar unless disabled or another one is configured.
 
@@ -112,6 +202,50 @@ class ASRLightningCLI(LightningCLI):
         if wanted and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs["callbacks"] = [*callbacks, RichProgressBar(leave=True)]
         return super().instantiate_trainer(**kwargs)
+
+
+def newest_last_checkpoint(folders: Sequence[Path]) -> Path | None:
+    """The most recently written ``last*.ckpt`` in ``folders``, or None."""
+    found = [path for folder in folders for path in folder.glob(LAST_GLOB) if path.is_file()]
+    return max(found, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def best_checkpoint_of(last: Path) -> Path:
+    """The best checkpoint recorded in the ``ModelCheckpoint`` state saved in ``last``."""
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    for key, state in checkpoint.get("callbacks", {}).items():
+        best = state.get("best_model_path") if "Checkpoint" in key else None
+        if best and Path(best).is_file():
+            return Path(best)
+    raise ConfigError(
+        f"--ckpt_path best: {last} records no best checkpoint that still exists (was there a "
+        "validation?); give the path of a .ckpt file or use --ckpt_path last"
+    )
+
+
+def _checkpoint_folders(config: Any) -> tuple[list[Path], Any | None]:
+    """Folders ``ModelCheckpoint`` writes to in this config's runs, and the logger's init args
+    when the folder of the next run is a new logger version that resuming should reuse."""
+    root = Path(config.trainer.get("default_root_dir") or os.getcwd())
+    dirpath = config.get("checkpoint", {}).get("dirpath")
+    if dirpath:
+        return [Path(dirpath)], None
+    logger = config.trainer.get("logger")
+    if isinstance(logger, list):
+        logger = logger[0] if logger else False
+    if logger is False:
+        return [root / "checkpoints"], None
+    if logger is None or logger is True:
+        return sorted((root / DEFAULT_LOGGER_NAME).glob("*/checkpoints")), None
+    args = logger.get("init_args")
+    if args is None or "version" not in args:
+        return [], None  # a logger whose folders we do not know: Lightning decides
+    save_dir = Path(args.get("save_dir") or root)
+    name = args.get("name") or ""
+    if args.get("version") is not None:
+        version = args.version if isinstance(args.version, str) else f"version_{args.version}"
+        return [save_dir / name / version / "checkpoints"], None
+    return sorted((save_dir / name).glob("*/checkpoints")), args
 
 
 def run_lightning_cli(argv: Sequence[str]) -> ASRLightningCLI:
