@@ -1,0 +1,174 @@
+"""Inference speed and accuracy on a test manifest: PyTorch eager vs onnxruntime fp32 vs int8.
+
+    python benchmarks/inference_speed.py --model runs/an4/.../hf_model \
+        --manifest manifests/an4/test.jsonl --onnx-dir /tmp/an4_onnx \
+        --lm lm/an4_train_3gram.arpa --result an4_inference.json
+
+One run measures, on the same pre-decoded clips (audio decoding is the same for every runtime
+and left out): the real-time factor (processing seconds / audio seconds) of the whole
+transcriber (features, model, greedy decoding) and of the model alone, the WER of each runtime,
+and how many transcripts are identical to PyTorch's. With ``--lm`` it also scores beam search
+without and with the language model on the fp32 ONNX logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+
+from asr_lightning.audio.decode import load_audio
+from asr_lightning.decoding.beam import BeamSearchDecoder
+from asr_lightning.export.onnx import INT8_FILE, ONNX_FILE, export_onnx
+from asr_lightning.inference.models import extract_features
+from asr_lightning.inference.transcriber import Transcriber
+from asr_lightning.text.normalize import TextNormalizer
+
+WARMUP_CLIPS = 4
+
+
+def _wer(references: list[str], hypotheses: list[str]) -> float:
+    pairs = [(r, h) for r, h in zip(references, hypotheses, strict=True) if r.strip()]
+    return 100.0 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
+
+
+def _model_seconds(transcriber: Transcriber, audios: list[np.ndarray], batch_size: int) -> float:
+    """Time of the backend alone over length-sorted batches (features computed beforehand)."""
+    order = sorted(range(len(audios)), key=lambda i: audios[i].size, reverse=True)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    features = [
+        extract_features(transcriber.feature_extractor, [audios[i] for i in b]) for b in batches
+    ]
+    start = time.perf_counter()
+    for batch in features:
+        transcriber.backend(batch["inputs"], batch["attention_mask"])
+    return time.perf_counter() - start
+
+
+def _run(name: str, transcriber: Transcriber, audios, references, batch_size: int) -> dict:
+    transcriber.transcribe_arrays(audios[:WARMUP_CLIPS])
+    start = time.perf_counter()
+    results = transcriber.transcribe_arrays(audios)
+    seconds = time.perf_counter() - start
+    model_seconds = _model_seconds(transcriber, audios, batch_size)
+    audio_seconds = sum(a.size for a in audios) / 16_000
+    texts = [r.text for r in results]
+    row = {
+        "runtime": name,
+        "rtf": seconds / audio_seconds,
+        "model_rtf": model_seconds / audio_seconds,
+        "wer": _wer(references, texts),
+        "seconds": seconds,
+        "audio_seconds": audio_seconds,
+    }
+    print(f"{name}: RTF {row['rtf']:.4f} (model {row['model_rtf']:.4f}), WER {row['wer']:.2f}")
+    return row | {"texts": texts}
+
+
+def _lm_rows(transcriber: Transcriber, audios, references, lm: str, beam: int, alpha, beta):
+    """WER of greedy, beam without LM and beam with LM over the same logits."""
+    decoders = {
+        f"beam {beam}": BeamSearchDecoder.from_tokenizer(
+            transcriber.tokenizer, transcriber.blank_id, beam_width=beam
+        ),
+        f"beam {beam} + LM (alpha {alpha}, beta {beta})": BeamSearchDecoder.from_tokenizer(
+            transcriber.tokenizer, transcriber.blank_id, lm, beam_width=beam, alpha=alpha, beta=beta
+        ),
+    }
+    rows = []
+    for name, decoder in decoders.items():
+        transcriber.decoder = decoder
+        start = time.perf_counter()
+        texts = [r.text for r in transcriber.transcribe_arrays(audios)]
+        rows.append(
+            {
+                "decoding": name,
+                "wer": _wer(references, texts),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        print(f"{name}: WER {rows[-1]['wer']:.2f} ({rows[-1]['seconds']:.1f} s)")
+    transcriber.decoder = None
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="Hugging Face model folder or .ckpt")
+    parser.add_argument("--manifest", type=Path, required=True, help="JSONL test manifest")
+    parser.add_argument("--onnx-dir", type=Path, required=True, help="ONNX folder (made if absent)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lm", default=None, help="ARPA word LM for the beam search rows")
+    parser.add_argument("--beam-width", type=int, default=32)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--result", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
+    audios = [load_audio(row["audio_filepath"]) for row in rows]
+    torch_transcriber = Transcriber.from_pretrained(args.model, batch_size=args.batch_size)
+    normalize = TextNormalizer.from_tokenizer(torch_transcriber.tokenizer)
+    references = [normalize(row["text"]) for row in rows]
+    if not (args.onnx_dir / INT8_FILE).is_file():
+        report = export_onnx(
+            args.model,
+            args.onnx_dir,
+            quantize="int8",
+            check_audio=[row["audio_filepath"] for row in rows[:16]],
+        )
+        print(report.render())
+    load = os.getloadavg()
+    print(
+        f"{len(audios)} clips, {sum(a.size for a in audios) / 16_000:.1f} s of audio, "
+        f"{args.threads} threads, load average {load[0]:.2f}",
+        file=sys.stderr,
+    )
+    results = [_run("PyTorch eager", torch_transcriber, audios, references, args.batch_size)]
+    for name, file in (("onnxruntime fp32", ONNX_FILE), ("onnxruntime int8", INT8_FILE)):
+        transcriber = Transcriber.from_pretrained(
+            args.onnx_dir,
+            backend="onnx",
+            onnx_file=file,
+            num_threads=args.threads,
+            batch_size=args.batch_size,
+        )
+        results.append(_run(name, transcriber, audios, references, args.batch_size))
+    reference_texts = results[0]["texts"]
+    for row in results:
+        row["identical_to_pytorch"] = sum(
+            a == b for a, b in zip(row.pop("texts"), reference_texts, strict=True)
+        )
+        row["speedup"] = results[0]["rtf"] / row["rtf"]
+        row["model_speedup"] = results[0]["model_rtf"] / row["model_rtf"]
+    output = {
+        "clips": len(audios),
+        "threads": args.threads,
+        "load_average": load,
+        "runtimes": results,
+    }
+    if args.lm:
+        fp32 = Transcriber.from_pretrained(
+            args.onnx_dir, backend="onnx", num_threads=args.threads, batch_size=args.batch_size
+        )
+        greedy = next(r["wer"] for r in results if r["runtime"] == "onnxruntime fp32")
+        output["decoding"] = [{"decoding": "greedy", "wer": greedy}] + _lm_rows(
+            fp32, audios, references, args.lm, args.beam_width, args.alpha, args.beta
+        )
+    print(json.dumps(output, indent=2))
+    if args.result:
+        args.result.write_text(json.dumps(output, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
