@@ -21,7 +21,7 @@ from asr_lightning.errors import AsrLightningError
 log = logging.getLogger(__name__)
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TOOL_SUBCOMMANDS = ("data", "export", "transcribe")
+TOOL_SUBCOMMANDS = ("data", "export", "transcribe", "sagemaker")
 #: Files from which ``transcribe`` shows a progress bar (on a terminal).
 PROGRESS_MIN_FILES = 10
 
@@ -219,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return export_main(argv[1:])
         if command == "transcribe":
             return transcribe_main(argv[1:])
+        if command == "sagemaker":
+            from asr_lightning.sagemaker.cli import sagemaker_main
+
+            return sagemaker_main(argv[1:])
         from asr_lightning.training import run_lightning_cli
 
         run_lightning_cli(argv)
