@@ -18,7 +18,7 @@ pytest.importorskip("moto.server", reason="needs moto[server] (dev extra)")
 import boto3  # noqa: E402
 
 from asr_lightning.cli import main  # noqa: E402
-from tests.sagemaker.conftest import BUCKET  # noqa: E402, REGION, ROLE, Moto
+from tests.sagemaker.conftest import BUCKET, REGION, ROLE, Moto  # noqa: E402
 
 AWS = ["--region", REGION, "--bucket", BUCKET, "--prefix", "runs"]
 TRAIN = [
