@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,8 @@ class ASRLightningCLI(LightningCLI):
         """Resolve ``--ckpt_path last`` (``fit``: in the same log folder) and ``best``."""
         config = self.config[self.subcommand]
         wanted = config.get("ckpt_path")
+        if self.subcommand == "fit" and wanted:
+            _quiet_resume_warnings()
         if wanted not in ("last", "best") or (wanted == "best" and self.subcommand == "fit"):
             return
         folders, logger_args = _checkpoint_folders(config)
@@ -202,6 +205,16 @@ class ASRLightningCLI(LightningCLI):
         if wanted and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs["callbacks"] = [*callbacks, RichProgressBar(leave=True)]
         return super().instantiate_trainer(**kwargs)
+
+
+def _quiet_resume_warnings() -> None:
+    """Silence two Lightning warnings that are wrong about resuming with this data module.
+
+    ASRDataModule saves the sampler's position and resumes mid-epoch (Lightning only knows
+    resumable DataLoaders); and a resumed run writes into its own, non-empty, checkpoint folder.
+    """
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def newest_last_checkpoint(folders: Sequence[Path]) -> Path | None:
