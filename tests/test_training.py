@@ -1,0 +1,160 @@
+"""The training CLI end to end: resuming a killed run, DDP on CPU, checkpoint selection."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr_lightning.cli import main
+from asr_lightning.errors import ConfigError
+from asr_lightning.training import best_checkpoint_of, newest_last_checkpoint
+from tests.training_support import (
+    manifest_ids,
+    read_records,
+    run_and_kill,
+    run_cli,
+    run_dirs,
+    tiny_config,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+RECORDER = "tests.training_support.RecordBatches"
+STALLER = "tests.training_support.StallAtStep"
+
+
+def _recorded(directory: Path) -> list[str]:
+    return [
+        f"--trainer.callbacks+={RECORDER}",
+        f"--trainer.callbacks.init_args.directory={directory}",
+    ]
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    steps, kill_after = 9, 4  # killed mid-epoch 0, ends mid-epoch 1 (6 batches per epoch)
+    settings = {"trainer": {"max_steps": steps, "limit_val_batches": 0}}
+    config = tiny_config(tmp_path / "killed", train=24, **settings)
+    every = ["--checkpoint.every_n_train_steps", "2"]
+    marker = tmp_path / "stalled"
+    staller = [
+        f"--trainer.callbacks+={STALLER}",
+        f"--trainer.callbacks.init_args.step={kill_after}",
+    ]
+    run_and_kill(
+        "fit", "--config", str(config), *every, *_recorded(tmp_path / "rec"), *staller,
+        f"--trainer.callbacks.init_args.marker={marker}",
+        marker=marker,
+    )  # fmt: skip
+    (killed_run,) = run_dirs(tmp_path / "killed")
+    killed = _load(killed_run / "checkpoints" / "last.ckpt")
+    assert killed["global_step"] == kill_after
+    assert killed["ASRDataModule"]["train_sampler"]["batches_done"] == kill_after
+
+    args = ["fit", "--config", str(config), *every, *_recorded(tmp_path / "rec")]
+    assert main([*args, "--ckpt_path", "last"]) == 0
+    reference_config = tiny_config(tmp_path / "reference", train=24, **settings)
+    reference_args = ["fit", "--config", str(reference_config), *every]
+    assert main([*reference_args, *_recorded(tmp_path / "ref")]) == 0
+
+    # the resumed run went on in the killed run's folder, from its step
+    assert run_dirs(tmp_path / "killed") == [killed_run]
+    records, expected = read_records(tmp_path / "rec")[0], read_records(tmp_path / "ref")[0]
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    # the same batches at the same positions: every item once in the resumed epoch
+    assert [(r["epoch"], r["batch_idx"], r["ids"]) for r in records] == [
+        (r["epoch"], r["batch_idx"], r["ids"]) for r in expected
+    ]
+    epoch0 = [r for r in records if r["epoch"] == 0]
+    assert [r["batch_idx"] for r in epoch0] == list(range(len(epoch0)))
+    assert kill_after < len(epoch0) < steps
+    seen = [uid for r in epoch0 for uid in r["ids"]]
+    assert len(seen) == len(set(seen)) >= 23
+    assert records[kill_after]["lr"] == pytest.approx(expected[kill_after]["lr"], rel=1e-6)
+    # optimizer moments, scheduler and weights end exactly where the uninterrupted run ends
+    (reference_run,) = run_dirs(tmp_path / "reference")
+    final, reference = (
+        _load(run / "checkpoints" / "last.ckpt") for run in (killed_run, reference_run)
+    )
+    assert final["global_step"] == reference["global_step"] == steps
+    assert final["lr_schedulers"] == reference["lr_schedulers"]
+    for name, weights in reference["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][name], weights, rtol=0, atol=1e-6)
+    moments = [s["exp_avg_sq"] for s in final["optimizer_states"][0]["state"].values()]
+    expected_moments = [s["exp_avg_sq"] for s in reference["optimizer_states"][0]["state"].values()]
+    for moment, expected_moment in zip(moments, expected_moments, strict=True):
+        torch.testing.assert_close(moment, expected_moment, rtol=0, atol=1e-9)
+
+
+def test_ddp_on_two_cpu_processes_sees_every_item_once_and_reduces_metrics(tmp_path):
+    config = tiny_config(tmp_path, train=24, trainer={"max_epochs": 2, "max_steps": -1})
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+
+    done = run_cli("fit", "--config", str(config), *ddp, *_recorded(tmp_path / "rec"))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    kept = int(re.search(r"train/train: kept (\d+) of 24", done.stderr).group(1))
+    records = read_records(tmp_path / "rec")
+    assert sorted(records) == [0, 1]
+    assert len(records[0]) == len(records[1])  # equal batch counts: no rank waits on the other
+    ids = set(manifest_ids(tmp_path / "train.jsonl"))
+    for epoch in (0, 1):
+        seen = Counter(
+            uid
+            for rank in records.values()
+            for r in rank
+            if r["epoch"] == epoch
+            for uid in r["ids"]
+        )
+        assert max(seen.values()) == 1 and len(seen) == kept and set(seen) <= ids
+    (fitted,) = run_dirs(tmp_path)
+    last = fitted / "checkpoints" / "last.ckpt"
+
+    # test on 2 ranks: one JSONL with every utterance once, and the single-process WER
+    tested = run_cli("test", "--config", str(config), *ddp, "--ckpt_path", str(last))
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert main(["test", "--config", str(config), "--ckpt_path", str(last)]) == 0
+    on_two, on_one = run_dirs(tmp_path)[1:]
+    lines = {}
+    for run_dir in (on_two, on_one):
+        path = run_dir / "predictions" / "test_test.jsonl"
+        lines[run_dir] = sorted(path.read_text(encoding="utf-8").splitlines())
+    assert lines[on_two] == lines[on_one]
+    assert len(lines[on_two]) == len(manifest_ids(tmp_path / "eval.jsonl"))
+    assert _metric(on_two, "test/wer") == pytest.approx(_metric(on_one, "test/wer"))
+    # the validation of the last epoch (same weights as last.ckpt) agrees too
+    assert _metric(fitted, "val/wer") == pytest.approx(_metric(on_one, "test/wer"))
+
+
+def _metric(run_dir: Path, tag: str) -> float:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return events.Scalars(tag)[-1].value
+
+
+def test_newest_last_checkpoint_and_the_best_one_it_records(tmp_path):
+    old, new = tmp_path / "version_0" / "checkpoints", tmp_path / "version_1" / "checkpoints"
+    for folder in (old, new):
+        folder.mkdir(parents=True)
+    assert newest_last_checkpoint([old, new]) is None
+    best = new / "step4-wer0.5000.ckpt"
+    best.write_bytes(b"")
+    torch.save(
+        {"callbacks": {"ResumableCheckpoint{}": {"best_model_path": str(best)}}}, old / "last.ckpt"
+    )
+    torch.save({"callbacks": {"EarlyStopping{}": {"wait_count": 0}}}, new / "last-v1.ckpt")
+    os.utime(old / "last.ckpt", (1, 1))  # older
+
+    assert newest_last_checkpoint([old, new]) == new / "last-v1.ckpt"
+    assert best_checkpoint_of(old / "last.ckpt") == best
+    with pytest.raises(ConfigError, match="no best checkpoint"):
+        best_checkpoint_of(new / "last-v1.ckpt")
