@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,9 @@ BackendName = Literal["auto", "torch", "onnx"]
 MIN_AUDIO_S = 0.1
 #: Files loaded at once, as a multiple of the batch size (bounds memory on long file lists).
 FILES_PER_BATCH = 4
+#: torch threads for feature extraction: a log-mel filter bank is too small to gain from more,
+#: and on a busy CPU extra OpenMP threads made it ~5x slower (see BENCHMARKS.md).
+FEATURE_THREADS = 1
 #: Prefix of SentencePiece tokens that begin a word (Parakeet and other BPE vocabularies).
 WORD_START = "\u2581"
 DEFAULT_CHUNKING = ChunkOptions()
@@ -234,7 +238,8 @@ class Transcriber:
         """Logits of a batch of windows; a failing batch is retried one window at a time."""
         audios = [item.audio[item.chunks[i].start : item.chunks[i].end] for item, i in segments]
         try:
-            features = extract_features(self.feature_extractor, audios)
+            with _torch_threads(FEATURE_THREADS):
+                features = extract_features(self.feature_extractor, audios)
             logits, lengths = self.backend(features["inputs"], features["attention_mask"])
         except Exception as err:  # a runtime error in one row must not lose the others
             if len(segments) == 1:
@@ -296,6 +301,16 @@ def _word_spans(
         end = last
     if current:
         yield current, start, end
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(count, previous))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _NoBar:
