@@ -21,7 +21,9 @@ from asr_lightning.errors import AsrLightningError
 log = logging.getLogger(__name__)
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TOOL_SUBCOMMANDS = ("data", "export", "transcribe", "sagemaker")
+TOOL_SUBCOMMANDS = ("data", "export", "transcribe", "serve", "sagemaker")
+#: Default of ``serve --host`` (a container sets 0.0.0.0 here; see the Dockerfile).
+SERVE_HOST_ENV = "ASR_LIGHTNING_SERVE_HOST"
 #: Files from which ``transcribe`` shows a progress bar (on a terminal).
 PROGRESS_MIN_FILES = 10
 
@@ -197,6 +199,67 @@ def transcribe_main(argv: Sequence[str]) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+def _serve_parser() -> argparse.ArgumentParser:
+    from asr_lightning.serve.loading import SAGEMAKER_MODEL_DIR
+    from asr_lightning.serve.server import DEFAULT_HOST, DEFAULT_PORT
+
+    parser = argparse.ArgumentParser(
+        prog="asr-lightning serve",
+        description="HTTP server with SageMaker's container contract (GET /ping, "
+        "POST /invocations), batching concurrent requests.",
+    )
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=SAGEMAKER_MODEL_DIR,
+        help="model dir (onnx/ preferred over hf_model/), HF or ONNX folder, or .ckpt "
+        "(default %(default)s, where SageMaker unpacks model.tar.gz)",
+    )
+    parser.add_argument(
+        "--host", default=os.environ.get(SERVE_HOST_ENV, DEFAULT_HOST), help="interface"
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+    parser.add_argument("--onnx-file", default="model.onnx", help="e.g. model.int8.onnx")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=8, help="requests per model call (1: no batching)"
+    )
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=10.0, help="wait for a batch to fill (ms)"
+    )
+    parser.add_argument(
+        "--max-body-mb", type=float, default=16.0, help="larger bodies get 413 (MiB)"
+    )
+    return parser
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    from asr_lightning.serve.batching import BatchOptions
+    from asr_lightning.serve.loading import load_transcriber
+    from asr_lightning.serve.server import AsrServer, ServeOptions, ServingApp
+
+    args = _serve_parser().parse_args(argv)
+    batching = BatchOptions(args.max_batch_size, args.max_wait_ms)
+    transcriber = load_transcriber(
+        args.model,
+        backend=args.backend,
+        onnx_file=args.onnx_file,
+        num_threads=args.threads,
+        batch_size=max(8, args.max_batch_size),
+    )
+    options = ServeOptions(batching, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    server = AsrServer(ServingApp(transcriber, options), args.host, args.port)
+    print(f"serving {args.model} on {server.url} (POST /invocations, GET /ping)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return 0
+
+
 def _configure_logging() -> None:
     """Our INFO messages on stderr; Lightning configures its own logger."""
     logger = logging.getLogger("asr_lightning")
@@ -219,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return export_main(argv[1:])
         if command == "transcribe":
             return transcribe_main(argv[1:])
+        if command == "serve":
+            return serve_main(argv[1:])
         if command == "sagemaker":
             from asr_lightning.sagemaker.cli import sagemaker_main
 

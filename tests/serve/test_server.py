@@ -1,0 +1,196 @@
+"""The HTTP server for real: urllib and boto3's sagemaker-runtime against a live port."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from asr_lightning.inference.transcriber import Transcriber
+from asr_lightning.serve.batching import BatchOptions
+from asr_lightning.serve.server import AsrServer, ServeOptions, ServingApp
+from tests.model.tiny import scratch_module
+
+REPO = Path(__file__).resolve().parents[2]
+MAX_BODY = 512 * 1024
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A tiny random wav2vec2 (random models emit characters: transcripts are not empty)."""
+    folder = tmp_path_factory.mktemp("tiny") / "hf_model"
+    scratch_module("wav2vec2", seed=5).save_hf(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def transcriber(model_folder) -> Transcriber:
+    return Transcriber.from_pretrained(model_folder)
+
+
+@pytest.fixture(scope="module")
+def server(transcriber):
+    options = ServeOptions(BatchOptions(max_batch_size=4, max_wait_ms=30), max_body_bytes=MAX_BODY)
+    running = AsrServer(ServingApp(transcriber, options), "127.0.0.1", 0).start()
+    yield running
+    running.shutdown()
+
+
+def _post(url: str, body: bytes, content_type: str | None, headers: dict | None = None):
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
+    if content_type is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        assert err.headers["Content-Type"] == "application/json"
+        return err.code, json.loads(err.read())
+
+
+def test_ping_and_transcripts_equal_the_transcriber(server, transcriber, encoded, speech):
+    with urllib.request.urlopen(server.url + "/ping", timeout=10) as response:
+        assert response.status == 200 and json.loads(response.read())["status"] == "ok"
+    expected = transcriber.transcribe_arrays([speech])[0]
+    assert expected.text
+    status, answer = _post(server.url + "/invocations", encoded["wav"], "audio/wav")
+    assert (status, answer) == (200, {"text": expected.text})
+    body = json.dumps({"audio": base64.b64encode(encoded["flac"]).decode(), "timestamps": True})
+    status, answer = _post(server.url + "/invocations", body.encode(), "application/json")
+    assert status == 200 and answer["text"] == expected.text
+    assert [w["word"] for w in answer["words"]] == [w.word for w in expected.words]
+    status, answer = _post(
+        server.url + "/invocations?timestamps=true", encoded["opus"], "audio/ogg"
+    )
+    assert status == 200 and "words" in answer
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "headers", "status"),
+    [
+        ("/invocations", b"not audio at all", "audio/wav", {}, 400),
+        ("/invocations", b"{broken", "application/json", {}, 400),
+        ("/invocations", b'{"audio": "!!"}', "application/json", {}, 400),
+        ("/invocations", b"RIFF", "text/plain", {}, 415),
+        ("/invocations", b"RIFF", None, {}, 415),
+        ("/invocations", b"x" * (MAX_BODY + 1), "audio/wav", {}, 413),
+        ("/invocations", b"RIFF", "audio/wav", {"Accept": "text/csv"}, 406),
+        ("/predict", b"RIFF", "audio/wav", {}, 404),
+    ],
+)
+def test_bad_requests_get_json_4xx(server, path, body, content_type, headers, status):
+    code, answer = _post(server.url + path, body, content_type, headers)
+    assert code == status and answer["status"] == status and answer["error"]
+
+
+def test_oversize_is_refused_from_the_header_alone(server):
+    """413 arrives although the (claimed) 1 GB body is never sent."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.putrequest("POST", "/invocations")
+    connection.putheader("Content-Type", "audio/wav")
+    connection.putheader("Content-Length", str(10**9))
+    connection.endheaders()
+    connection.send(b"RIFF")
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read())["status"] == 413
+    connection.close()
+
+
+def test_get_on_invocations_and_chunked_bodies(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", "/invocations")
+    assert connection.getresponse().status == 405
+    connection.close()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request(
+        "POST", "/invocations", body=iter([b"RIFF"]), headers={"Content-Type": "audio/wav"}
+    )  # an iterable body is sent chunked
+    assert connection.getresponse().status == 411
+    connection.close()
+
+
+def test_concurrent_requests_are_batched(server, encoded, transcriber, speech):
+    expected = transcriber.transcribe_arrays([speech])[0].text
+    batches_before = server.app.batcher.stats.batches
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(
+                lambda _: _post(server.url + "/invocations", encoded["wav"], "audio/wav"),
+                range(8),
+            )
+        )
+    assert answers == [(200, {"text": expected})] * 8
+    assert server.app.batcher.stats.batches - batches_before < 8  # some requests shared a call
+
+
+def test_boto3_invoke_endpoint_reaches_the_server(server, encoded, transcriber, speech):
+    boto3 = pytest.importorskip("boto3")
+    from botocore.exceptions import ClientError
+
+    runtime = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    response = runtime.invoke_endpoint(
+        EndpointName="asr",
+        Body=encoded["wav"],
+        ContentType="audio/wav",
+        Accept="application/json",
+        CustomAttributes="timestamps=true",
+    )
+    answer = json.loads(response["Body"].read())
+    assert response["ContentType"] == "application/json"
+    assert answer["text"] == transcriber.transcribe_arrays([speech])[0].text
+    assert "words" in answer
+    with pytest.raises(ClientError) as caught:
+        runtime.invoke_endpoint(EndpointName="asr", Body=b"nonsense", ContentType="audio/wav")
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_serve_subprocess(model_folder, encoded):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "asr_lightning.cli", "serve", str(model_folder)]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--max-batch-size", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=5) as response:
+                    assert response.status == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert process.poll() is None, process.stdout.read().decode()
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.5)
+        status, answer = _post(url + "/invocations", encoded["wav"], "audio/x-wav")
+        assert status == 200 and answer["text"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
