@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from asr_lightning.audio.decode import SAMPLE_RATE, load_audio, resample
+from asr_lightning.audio.decode import SAMPLE_RATE, Backend, load_audio, resample
 from asr_lightning.errors import AsrLightningError, AudioDecodeError, ConfigError
 
 JSON_TYPE = "application/json"
@@ -54,6 +54,10 @@ AUDIO_TYPES = frozenset(
         "application/octet-stream",
     }
 )
+#: Decoders tried on request audio: libsndfile in process, then ffmpeg for everything else. The
+#: chain's ``librosa`` step re-runs libsndfile and then audioread (ffmpeg again), so it reads
+#: nothing new, and importing it took 2-3 s on the first undecodable request.
+DECODERS: tuple[Backend, ...] = ("soundfile", "ffmpeg")
 #: ``Accept`` values answered (everything is answered as JSON).
 ACCEPT_TYPES = frozenset({JSON_TYPE, "*/*", "application/*"})
 PCM_ENCODING = "pcm_s16le"
@@ -236,7 +240,7 @@ def _decode_pcm(data: bytes, rate: Any, sample_rate: int) -> np.ndarray:
 
 def _decode_file(data: bytes, sample_rate: int) -> np.ndarray:
     try:
-        return load_audio(data, sample_rate=sample_rate)
+        return load_audio(data, sample_rate=sample_rate, backends=DECODERS)
     except (AudioDecodeError, ConfigError) as err:
         raise RequestError(BAD_REQUEST, f"cannot read the audio: {err}") from err
 

@@ -1,0 +1,237 @@
+"""Load test of ``asr-lightning serve``: concurrent clients, valid and malformed audio.
+
+    python benchmarks/serve_load.py                     # newest runs/**/hf_model, 300 requests
+    python benchmarks/serve_load.py --model DIR --requests 300 --clients 8 --write
+
+For each setting (dynamic batching on: max batch 8, max wait 15 ms; off: max batch 1) it starts
+the server in a subprocess, sends the same shuffled mix of requests from ``--clients`` threads
+(about 20% malformed: garbage WAV, broken JSON, bad base64, unsupported type, oversize body),
+and checks that no answer is a 5xx, none is missing, every malformed request got its 4xx and
+every valid one its transcript, equal to the offline ``Transcriber``'s. It reports throughput
+and p50/p99 latency; ``--write`` puts the table in BENCHMARKS.md under "## Serving load test".
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asr_lightning.audio.decode import load_audio
+from asr_lightning.serve.loading import load_transcriber
+
+REPO = Path(__file__).resolve().parent.parent
+SECTION = "## Serving load test"
+#: (label, max batch size, max wait ms)
+SETTINGS = (("batching on", 8, 15.0), ("batching off", 1, 0.0))
+MALFORMED_SHARE = 0.2
+MAX_BODY_MB = 1.0
+STARTUP_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class Request:
+    body: bytes
+    content_type: str
+    expected_status: int
+    expected_text: str | None = None
+
+
+def newest_model() -> Path:
+    found = [p for p in REPO.glob("runs/**/hf_model") if (p / "config.json").is_file()]
+    found += [p.parent for p in REPO.glob("runs/**/asr_lightning.json")]
+    if not found:
+        raise SystemExit("no runs/**/hf_model or ONNX folder: pass --model")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def build_requests(model: Path, clips: list[Path], total: int, seed: int) -> list[Request]:
+    """Valid clips (Ogg files and base64 JSON) with their offline transcripts, and bad ones."""
+    transcriber = load_transcriber(model)
+    texts = [r.text for r in transcriber.transcribe_arrays([load_audio(c) for c in clips])]
+    rng = random.Random(seed)
+    malformed = [
+        Request(b"RIFF" + os.urandom(2000), "audio/wav", 400),
+        Request(b'{"audio": "not base64!"}', "application/json", 400),
+        Request(b"{broken json", "application/json", 400),
+        Request(b"hello", "text/plain", 415),
+        Request(os.urandom(int(MAX_BODY_MB * 1024 * 1024) + 1), "audio/wav", 413),
+    ]
+    requests = []
+    for index in range(total):
+        if rng.random() < MALFORMED_SHARE:
+            requests.append(malformed[index % len(malformed)])
+            continue
+        which = rng.randrange(len(clips))
+        data = clips[which].read_bytes()
+        if rng.random() < 0.5:
+            requests.append(Request(data, "audio/ogg", 200, texts[which]))
+        else:
+            body = json.dumps({"audio": base64.b64encode(data).decode()}).encode()
+            requests.append(Request(body, "application/json", 200, texts[which]))
+    return requests
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: Path, max_batch: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "asr_lightning.cli", "serve", str(model), "--port", str(port)]
+    command += ["--max-batch-size", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+    command += ["--max-body-mb", str(MAX_BODY_MB)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = open(f"/tmp/serve_load_{port}.log", "w")  # noqa: SIM115 (lives with the process)
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=5):
+                return process, url
+        except (urllib.error.URLError, ConnectionError):
+            if process.poll() is not None:
+                raise SystemExit(f"the server exited; see {log.name}") from None
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("the server did not come up")
+
+
+def send(url: str, request: Request) -> tuple[int, dict, float]:
+    http = urllib.request.Request(
+        url + "/invocations",
+        data=request.body,
+        method="POST",
+        headers={"Content-Type": request.content_type},
+    )
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(http, timeout=300) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as err:
+        status, body = err.code, err.read()
+    return status, json.loads(body), time.perf_counter() - start
+
+
+def run_setting(model: Path, requests: list[Request], clients: int, batch: int, wait: float):
+    process, url = start_server(model, batch, wait)
+    try:
+        send(url, next(r for r in requests if r.expected_status == 200))  # warm-up
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            answers = list(pool.map(lambda r: send(url, r), requests))
+        elapsed = time.perf_counter() - start
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return check(requests, answers, elapsed)
+
+
+def check(requests: list[Request], answers: list, elapsed: float) -> dict:
+    assert len(answers) == len(requests), "dropped requests"
+    server_errors = [a for a in answers if a[0] >= 500]
+    assert not server_errors, f"5xx answers: {server_errors[:3]}"
+    for request, (status, body, _) in zip(requests, answers, strict=True):
+        assert status == request.expected_status, (status, body, request.content_type)
+        if status == 200:
+            assert body == {"text": request.expected_text}, (body, request.expected_text)
+        else:
+            assert body["status"] == status and body["error"]
+    valid = [a[2] for r, a in zip(requests, answers, strict=True) if r.expected_status == 200]
+    every = [a[2] for a in answers]
+    return {
+        "requests": len(requests),
+        "valid": len(valid),
+        "malformed": len(requests) - len(valid),
+        "seconds": round(elapsed, 2),
+        "throughput_rps": round(len(requests) / elapsed, 2),
+        "valid_p50_ms": round(1000 * float(np.percentile(valid, 50)), 1),
+        "valid_p99_ms": round(1000 * float(np.percentile(valid, 99)), 1),
+        "all_p50_ms": round(1000 * float(np.percentile(every, 50)), 1),
+        "all_p99_ms": round(1000 * float(np.percentile(every, 99)), 1),
+    }
+
+
+def render(
+    model: Path, results: dict, args: argparse.Namespace, load: str, clips, nonempty: int
+) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"`python benchmarks/serve_load.py --requests {args.requests} --clients {args.clients}"
+        f" --write` on `{model.relative_to(REPO) if model.is_relative_to(REPO) else model}`, "
+        f"{len(clips)} quickstart clips ({args.clips_seconds:.1f} s of audio in all); "
+        f"2 shared CPU cores, `uptime` at the start: `{load}`. Every valid answer equalled "
+        f"the offline Transcriber's ({nonempty} valid requests had a non-empty transcript); "
+        "no 5xx, none dropped, every malformed request got its 4xx.",
+        "",
+        "| setting | requests (valid / malformed) | throughput (req/s) | valid p50 / p99 (ms) "
+        "| all p50 / p99 (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for label, result in results.items():
+        lines.append(
+            f"| {label} | {result['requests']} ({result['valid']} / {result['malformed']}) "
+            f"| {result['throughput_rps']} | {result['valid_p50_ms']} / {result['valid_p99_ms']} "
+            f"| {result['all_p50_ms']} / {result['all_p99_ms']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replaces this benchmark's section of BENCHMARKS.md (or appends it), nothing else."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
+    start = old.find(SECTION + "\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("" if end < 0 else old[end:])
+    path.write_text(new, encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="default: newest under runs/")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clips", type=int, default=16, help="distinct valid clips")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    args = parser.parse_args()
+    model = (args.model or newest_model()).resolve()
+    clips = sorted((REPO / "data/quickstart/audio").glob("test-*.opus"))[: args.clips]
+    args.clips_seconds = sum(load_audio(c).size for c in clips) / 16_000
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"model {model}; {load}", flush=True)
+    requests = build_requests(model, clips, args.requests, args.seed)
+    results = {}
+    for label, batch, wait in SETTINGS:
+        results[label] = run_setting(model, requests, args.clients, batch, wait)
+        print(label, json.dumps(results[label]), flush=True)
+    nonempty = sum(1 for r in requests if r.expected_text)
+    text = render(model, results, args, load, clips, nonempty)
+    print(text)
+    if args.write:
+        write_section(REPO / "BENCHMARKS.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
