@@ -210,15 +210,21 @@ def save_processor(loaded: LoadedModel, out: Path, opset: int, source: str) -> d
     return metadata
 
 
-def quantize_int8(source: Path, target: Path) -> Path:
-    """INT8 dynamic quantization (weights int8, activations quantized on the fly) of MatMuls."""
+def quantize_int8(source: Path, target: Path, op_types: Sequence[str] = QUANTIZED_OPS) -> Path:
+    """INT8 dynamic quantization (weights int8, activations quantized on the fly).
+
+    Args:
+        source: the fp32 ONNX file.
+        target: the file to write.
+        op_types: ONNX op types to quantize (default: MatMul only).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
         str(source),
         str(target),
         weight_type=QuantType.QInt8,
-        op_types_to_quantize=list(QUANTIZED_OPS),
+        op_types_to_quantize=list(op_types),
     )
     log.info("wrote INT8 model %s", target)
     return target

@@ -16,7 +16,7 @@ from asr_lightning.decoding.ngram import kneser_ney
 from asr_lightning.errors import ConfigError
 
 TOKENS = ["<pad>", "<unk>", "|", "a", "b"]
-EXHAUSTIVE = BeamOptions(beam_width=10_000, token_min_logp=-np.inf)
+EXHAUSTIVE = BeamOptions(beam_width=10_000, token_min_logp=-np.inf, beam_prune_logp=-np.inf)
 
 
 def _best_labelling(logits: np.ndarray, labels: list[int]) -> tuple[int, ...]:
