@@ -1,0 +1,184 @@
+"""The ``asr-lightning`` command: fit, validate, test, predict, print_config, errors, exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer, pipeline
+
+from asr_lightning.audio.decode import load_audio
+from asr_lightning.cli import main
+from asr_lightning.model.module import CTCModule
+from asr_lightning.text.vocab import build_vocab
+from tests.model import tiny
+from tests.training_support import (
+    REPO_ROOT,
+    last_scalar,
+    manifest_ids,
+    run_cli,
+    run_dirs,
+    tiny_config,
+    write_manifest,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+#: A tiny wav2vec2 with the real model's 50 frames per second (tests/model/tiny's 1600 cost
+#: seconds per step on 3 s clips), trained so little that it still emits characters (an empty
+#: transcript would make the export checks vacuous).
+WAV2VEC2 = {
+    **tiny.WAV2VEC2,
+    "conv_dim": (32,) * 3,
+    "conv_kernel": (10, 8, 4),
+    "conv_stride": (5, 8, 8),
+}
+MODEL = {"model_type": "wav2vec2", "config_overrides": WAV2VEC2, "learning_rate": 1e-5}
+PER_UTTERANCE = {"id", "reference", "hypothesis", "word_errors", "ref_words", "char_errors"}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[Path, Path]:
+    """A config and the run folder of a fit validated and checkpointed at steps 4 and 8."""
+    directory = tmp_path_factory.mktemp("cli")
+    config = tiny_config(directory, model=MODEL, trainer={"max_steps": 8, "val_check_interval": 4})
+    assert main(["fit", "--config", str(config)]) == 0
+    (run,) = run_dirs(directory)
+    return config, run
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_fit_writes_checkpoints_tensorboard_logs_config_and_hf_model(fitted):
+    _, run = fitted
+    checkpoints = {path.name.split("-")[0] for path in (run / "checkpoints").iterdir()}
+    assert checkpoints == {"last.ckpt", "step4", "step8"}  # the best 2 of 2 validations
+    assert list(run.glob("events.out.tfevents.*"))
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 8
+    assert (run / "hf_model" / "model.safetensors").is_file()
+    for tag in ("train/loss", "val/wer", "val/cer", "val/loss", "lr-AdamW/encoder"):
+        assert last_scalar(run, tag) >= 0
+
+
+def test_validate_test_and_predict_write_metrics_and_per_utterance_jsonl(fitted):
+    config, run = fitted
+    directory = config.parent
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    (checkpointing,) = [value for key, value in state.items() if "Checkpoint" in key]
+    ids = sorted(manifest_ids(directory / "eval.jsonl"))
+
+    for command, ckpt in (("validate", "best"), ("test", "best"), ("predict", "last")):
+        assert main([command, "--config", str(config), "--ckpt_path", ckpt]) == 0
+    validated, tested, predicted = run_dirs(directory)[-3:]
+
+    for run_dir, ckpt in ((validated, "best_model_path"), (predicted, "last_model_path")):
+        resolved = yaml.safe_load((run_dir / "config.yaml").read_text())["ckpt_path"]
+        assert resolved == checkpointing[ckpt]
+    best_wer = float(checkpointing["best_model_score"])
+    assert last_scalar(validated, "val/wer") == pytest.approx(best_wer)
+    assert last_scalar(tested, "test/wer") == pytest.approx(best_wer)
+    records = _lines(tested / "predictions" / "test_test.jsonl")
+    assert sorted(r["id"] for r in records) == ids
+    assert all(PER_UTTERANCE <= set(r) for r in records)
+    words = sum(r["ref_words"] for r in records)
+    assert sum(r["word_errors"] for r in records) / words == pytest.approx(best_wer)
+    predictions = _lines(predicted / "predictions" / "predict_predict.jsonl")
+    assert sorted(r["id"] for r in predictions) == ids
+    assert all(isinstance(r["hypothesis"], str) for r in predictions)
+
+
+def test_the_hf_folder_loads_in_transformers_transcribes_and_fine_tunes_again(fitted, tmp_path):
+    config, run = fitted
+    folder = run / "hf_model"
+    first = _lines(config.parent / "eval.jsonl")[0]
+    audio = load_audio(first["audio_filepath"])
+
+    model = AutoModelForCTC.from_pretrained(folder).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        inputs = extractor(audio, sampling_rate=16_000, return_tensors="pt")
+        ids = model(inputs["input_values"]).logits.argmax(-1)[0]
+    text = pipeline("automatic-speech-recognition", model=str(folder))(audio)["text"]
+    assert text and text == tokenizer.decode(ids)
+
+    again = ["--model.model_name_or_path", str(folder), "--model.model_type", "null"]
+    again += ["--model.config_overrides", "null", "--trainer.max_steps", "2"]
+    again += ["--trainer.val_check_interval", "2", "--trainer.logger.init_args.name", "again"]
+    assert main(["fit", "--config", str(config), *again]) == 0
+    runs = config.parent / "runs" / "again"
+    assert (runs / "version_0" / "hf_model" / "model.safetensors").is_file()
+
+
+def test_print_config_is_yaml_naming_the_sources_of_linked_values(fitted, capsys, tmp_path):
+    config, _ = fitted
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert done.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+
+    # links: model.model_name_or_path/model_type/config_overrides -> data, data.vocab -> model
+    assert printed["model"]["model_type"] == "wav2vec2"
+    assert printed["model"]["config_overrides"]["hidden_size"] == WAV2VEC2["hidden_size"]
+    assert "model_name_or_path" in printed["model"] and "vocab" not in printed["model"]
+    assert not {"processor", "model_type", "model_config_overrides"} & set(printed["data"])
+    assert printed["checkpoint"]["monitor"] == printed["early_stopping"]["monitor"] == "val/wer"
+    # and it is a valid config in its turn
+    again = tmp_path / "printed.yaml"
+    again.write_text(yaml.safe_dump(printed))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(again), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == printed
+
+
+def test_the_cv17_recipe_parses_without_loading_a_model(capsys, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("print_config must not load a model or a processor")
+
+    monkeypatch.setattr(CTCModule, "configure_model", no_download)
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", no_download)
+
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(REPO_ROOT / "configs" / "cv17.yaml"), "--print_config"])
+    assert done.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+
+    trainer, model, data = printed["trainer"], printed["model"], printed["data"]
+    assert model["model_name_or_path"] == "facebook/wav2vec2-base-960h"
+    assert (model["learning_rate"], model["warmup_ratio"], model["weight_decay"]) == (3e-5, 0.05, 0)
+    assert trainer["precision"] == "16-mixed" and trainer["gradient_clip_val"] == 1.0
+    assert (trainer["max_epochs"], trainer["accumulate_grad_batches"]) == (3, 8)
+    assert trainer["val_check_interval"] == 500 * 8 and trainer["log_every_n_steps"] == 50
+    assert data["train"]["split"] == "train" and data["train"]["text_column"] == "sentence"
+    assert (data["batch_size"], data["max_batch_seconds"]) == (8, None)
+    assert (data["min_duration_s"], data["max_duration_s"]) == (1.0, 18.0)
+    assert printed["checkpoint"]["save_top_k"] == 2 and printed["early_stopping"]["patience"] == 3
+    assert printed["seed_everything"] == 42
+
+
+def test_transcripts_the_vocabulary_cannot_spell_stop_before_training(tmp_path, capsys):
+    # a "pretrained" model whose vocabulary is upper-case Latin; Cyrillic and digit transcripts
+    latin = build_vocab(["ABCDEFGHIJKLMNOPQRSTUVWXYZ'"])
+    module = CTCModule(None, "wav2vec2", config_overrides=WAV2VEC2, vocab=latin)
+    module.configure_model()
+    folder = module.save_hf(tmp_path / "latin")
+    cyrillic = write_manifest(tmp_path / "ru.jsonl", "train", 6, text="привет мир")
+    digits = write_manifest(tmp_path / "digits.jsonl", "train", 6, text="12 34")
+    runs = str(tmp_path / "runs")
+
+    args = ["fit", "--model.model_name_or_path", str(folder), "--data.num_workers", "0"]
+    args += ["--data.duration_cache", "null", "--trainer.default_root_dir", runs]
+    args += ["--trainer.logger.init_args.save_dir", runs]
+
+    done = run_cli(*args, "--data.train", str(cyrillic))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "asr-lightning: error: 6 of 6 training transcripts" in done.stderr
+    assert "empty after normalization" in done.stderr and "Traceback" not in done.stderr
+    capsys.readouterr()
+    assert main([*args, "--data.train", str(digits)]) == 2
+    assert "asr-lightning: error: 6 of 6 training transcripts" in capsys.readouterr().err
+    assert not list((tmp_path / "runs").glob("**/*.ckpt"))
