@@ -1,0 +1,168 @@
+"""ASRDataModule on real files: bad audio, vocabulary, levels, augmentation, sets, batching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr_lightning.audio.augment import AugmentConfig
+from asr_lightning.audio.decode import load_audio
+from asr_lightning.data.datamodule import ASRDataModule
+from asr_lightning.data.prepare import prepare_an4
+from asr_lightning.text.vocab import build_vocab
+from tests.fixtures.bad_audio import make_bad_audio_corpus
+from tests.training_support import write_manifest
+
+#: From scratch (no download): a wav2vec2 feature extractor and a vocabulary built from data.
+SCRATCH = {"model_type": "wav2vec2", "duration_cache": None, "num_workers": 0}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def _batches(loader) -> tuple[list[str], list[tuple[str, str]]]:
+    """Ids of the examples and ``(id, reason)`` of the skipped items of a whole epoch."""
+    seen, skipped = [], []
+    for batch in loader:
+        seen += batch["ids"]
+        skipped += batch["skipped"]
+    return seen, skipped
+
+
+def test_bad_audio_is_decoded_or_skipped_and_counted_never_lost(tmp_path):
+    cases = make_bad_audio_corpus(tmp_path / "bad")
+    rows = [
+        {"audio_filepath": str(c.path), "text": "hello world", "id": n} for n, c in cases.items()
+    ]
+    rows.append({"audio_filepath": str(tmp_path / "missing.wav"), "text": "gone", "id": "missing"})
+    good = _rows(write_manifest(tmp_path / "good.jsonl", "train", 6))
+    rows += [{**row, "id": f"good{i}"} for i, row in enumerate(good)]
+    manifest = _write_rows(tmp_path / "train.jsonl", rows)
+    data = ASRDataModule(
+        train=str(manifest), min_duration_s=0.5, batch_size=3, max_batch_seconds=None,
+        **{**SCRATCH, "num_workers": 2},
+    )  # fmt: skip
+
+    data.setup("fit")
+    seen, skipped = _batches(data.train_dataloader())
+
+    report = data.reports["train/train"]
+    kept = {item.id for item in data.datasets["train"]["train"].items}
+    assert report.total == len(rows) and report.kept == len(kept)
+    assert report.kept + report.dropped_total == report.total  # dropped at setup, with reasons
+    assert len(seen) + len(skipped) == len(kept)  # at load time: decoded, or skipped with a reason
+    assert set(seen) | {uid for uid, _ in skipped} == kept
+    assert all(reason.startswith("decode failed") for _, reason in skipped)
+    assert {"nan_samples", "inf_samples"} <= {uid for uid, _ in skipped}  # valid headers
+    assert report.dropped["too long"] == 1  # ten_minutes
+    skipped_ids = {uid for uid, _ in skipped}
+    for name, case in cases.items():
+        if case.decodes and name != "ten_minutes":
+            assert name in seen, name
+        elif not case.decodes:  # dropped at setup (header) or skipped at load time
+            assert name not in seen and (name not in kept or name in skipped_ids), name
+    assert "missing" not in kept and {f"good{i}" for i in range(6)} <= set(seen)
+
+
+def test_the_vocabulary_comes_from_the_training_transcripts_only(tmp_path):
+    train = write_manifest(tmp_path / "train.jsonl", "train", 4, text="abc cab")
+    validation = write_manifest(tmp_path / "val.jsonl", "validation", 4, text="xyz abc")
+    data = ASRDataModule(train=str(train), validation=str(validation), **SCRATCH)
+
+    assert data.vocab == build_vocab(["abc cab"])
+    data.setup("fit")
+    validation_texts = {item.text for item in data.datasets["validation"]["validation"].items}
+    assert validation_texts == {"abc"}  # what the vocabulary cannot spell is dropped
+
+
+def test_level_normalization_applies_to_every_split(tmp_path):
+    train = write_manifest(tmp_path / "train.jsonl", "train", 3)
+    validation = write_manifest(tmp_path / "val.jsonl", "validation", 3)
+    data = ASRDataModule(train=str(train), validation=str(validation), level="rms", **SCRATCH)
+    data.setup("fit")
+
+    for split in ("train", "validation"):
+        dataset = data.datasets[split][split]
+        for index, item in enumerate(dataset.items):
+            raw = load_audio(item.audio)
+            level = np.sqrt(np.mean(dataset[index].audio.astype(np.float64) ** 2))
+            assert 20 * np.log10(level) == pytest.approx(-20.0, abs=0.5)
+            assert not np.allclose(raw, dataset[index].audio)
+
+
+def test_augmentation_is_train_only_and_a_function_of_seed_epoch_and_index(tmp_path):
+    train = write_manifest(tmp_path / "train.jsonl", "train", 6)
+    validation = write_manifest(tmp_path / "val.jsonl", "validation", 2)
+    augment = AugmentConfig(gain_prob=1.0, speed_factors=(0.9, 1.1))
+    settings = {"train": str(train), "validation": str(validation), "augment": augment}
+    data = ASRDataModule(**settings, batch_size=2, max_batch_seconds=None, **SCRATCH)
+    data.setup("fit")
+    dataset, evaluation = data.datasets["train"]["train"], data.datasets["validation"]["validation"]
+
+    first = dataset[(1, 0)].audio
+    np.testing.assert_array_equal(dataset[(1, 0)].audio, first)
+    assert first.shape != dataset[(1, 1)].audio.shape or not np.allclose(
+        first, dataset[(1, 1)].audio
+    )
+    clean = load_audio(evaluation.items[0].audio)
+    np.testing.assert_array_equal(evaluation[(0, 3)].audio, clean)  # validation: never augmented
+
+    # the same augmented batches with 0 and 2 workers, and from another module with the seed
+    other = ASRDataModule(
+        **settings, batch_size=2, max_batch_seconds=None, **{**SCRATCH, "num_workers": 2}
+    )
+    other.setup("fit")
+    for a, b in zip(data.train_dataloader(), other.train_dataloader(), strict=True):
+        assert a["ids"] == b["ids"]
+        np.testing.assert_array_equal(a["input_values"].numpy(), b["input_values"].numpy())
+
+
+def test_validation_sets_are_named_and_keep_what_training_would_drop(tmp_path):
+    rate = 16_000
+    short = tmp_path / "short.wav"
+    sf.write(short, 0.1 * np.sin(np.arange(int(0.3 * rate)) / 9), rate)
+    long = tmp_path / "long.wav"
+    sf.write(long, 0.1 * np.sin(np.arange(int(20 * rate)) / 9), rate)
+    odd = [
+        {"audio_filepath": str(short), "text": "a", "id": "short"},
+        {"audio_filepath": str(long), "text": "a long one", "id": "long"},
+    ]
+    clean = write_manifest(tmp_path / "clean.jsonl", "validation", 3)
+    _write_rows(tmp_path / "odd.jsonl", odd)
+    _write_rows(tmp_path / "train.jsonl", _rows(clean) + odd)
+    data = ASRDataModule(
+        train=str(tmp_path / "train.jsonl"),
+        validation={"clean": str(clean), "odd": str(tmp_path / "odd.jsonl")},
+        min_duration_s=0.5,
+        **SCRATCH,
+    )
+    data.setup("fit")
+
+    assert data.val_set_names == ["clean", "odd"]
+    loaders = data.val_dataloader()
+    assert [sorted(_batches(loader)[0]) for loader in loaders] == [
+        sorted(row["id"] for row in _rows(clean)),
+        ["long", "short"],
+    ]
+    assert data.reports["train/train"].dropped == {"too short": 1, "too long": 1}
+    assert data.reports["validation/odd"].kept == 2
+
+
+def test_an4_batches_of_the_data_module_are_under_ten_percent_padding(tmp_path, shared_data):
+    manifests = prepare_an4(shared_data / "an4", tmp_path / "an4")
+    data = ASRDataModule(train=str(manifests["train"]), max_batch_seconds=60.0, **SCRATCH)
+    data.setup("fit")
+
+    sampler = data.train_dataloader().batch_sampler.sampler
+    assert sampler.padding_fraction < 0.10
+    assert len(data.train_dataloader()) == sampler.batches_per_epoch
