@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -21,7 +22,13 @@ from asr_lightning.data.collate import CTCCollator
 from asr_lightning.data.dataset import ASRDataset, Item
 from asr_lightning.data.durations import DEFAULT_CACHE_PATH, DurationCache, measure_durations
 from asr_lightning.data.filters import FilterReport, FilterRules, filter_utterances
-from asr_lightning.data.sources import SourceConfig, iter_source, load_source, parse_spec
+from asr_lightning.data.sources import (
+    SourceConfig,
+    Utterance,
+    iter_source,
+    load_source,
+    parse_spec,
+)
 from asr_lightning.data.streaming import DEFAULT_BUFFER_SIZE, StreamingASRDataset
 from asr_lightning.errors import ConfigError, VocabularyError
 from asr_lightning.text.normalize import TextNormalizer
@@ -35,6 +42,9 @@ AnyDataset = ASRDataset | StreamingASRDataset
 #: the vocabulary do not fit together (wrong script, case or tokenizer) and training would only
 #: learn to emit blanks: stop before it starts.
 MAX_EMPTY_TRANSCRIPT_FRACTION = 0.5
+#: Transcripts scanned, and characters shown, when explaining that the vocabulary does not fit.
+OOV_SAMPLE = 1000
+OOV_SHOWN = 20
 
 
 class EpochTaggedSampler(Sampler[list[tuple[int, int]]]):
@@ -285,7 +295,7 @@ class ASRDataModule(pl.LightningDataModule):
         self.reports[f"{split}/{name}"] = report
         log.info("%s/%s: %s", split, name, report.summary())
         if split == "train":
-            _check_transcripts_fit(report, len(utts), name, normalizer)
+            _check_transcripts_fit(report, utts, config.path, normalizer)
         items = [Item(k.utterance.id, k.utterance.audio, k.text, k.duration) for k in kept]
         return ASRDataset(
             items,
@@ -453,14 +463,22 @@ def _eval_rules(rules: FilterRules) -> FilterRules:
 
 
 def _check_transcripts_fit(
-    report: FilterReport, total: int, name: str, normalizer: TextNormalizer
+    report: FilterReport, utts: Sequence[Utterance], source: str, normalizer: TextNormalizer
 ) -> None:
+    """Stop when most transcripts are empty once normalized: the vocabulary cannot spell them."""
+    total = len(utts)
     empty = report.dropped.get("empty transcript after normalization", 0)
-    if total and empty / total > MAX_EMPTY_TRANSCRIPT_FRACTION:
-        raise VocabularyError(
-            f"{empty} of {total} training transcripts in {name!r} are empty after normalization "
-            f"to the vocabulary ({normalizer!r}). The transcripts and the tokenizer do not fit "
-            "(another script or alphabet, or a case mismatch): pick a pretrained model whose "
-            "vocabulary covers this language, or train from scratch (model.model_name_or_path: "
-            "null) so the vocabulary is built from the data."
-        )
+    if not total or empty / total <= MAX_EMPTY_TRANSCRIPT_FRACTION:
+        return
+    sample = utts[:OOV_SAMPLE]
+    unknown = sum((normalizer.oov_characters(utt.text) for utt in sample), Counter())
+    shown = ", ".join(f"{char!r} ({count})" for char, count in unknown.most_common(OOV_SHOWN))
+    spelled = "".join(sorted(normalizer.vocabulary or ()))
+    raise VocabularyError(
+        f"{empty} of {total} training transcripts in {source} are empty after normalization to "
+        f"the vocabulary ({len(spelled)} characters: {spelled[: OOV_SHOWN * 3]!r}); characters "
+        f"it cannot spell, most frequent first: {shown or 'none'}; e.g. {sample[0].text!r}. The "
+        "transcripts and the tokenizer do not fit (another script or alphabet, digits, or a case "
+        "mismatch): pick a pretrained model whose vocabulary covers this language, or train from "
+        "scratch (model.model_name_or_path: null) so the vocabulary is built from the data."
+    )
