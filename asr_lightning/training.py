@@ -49,7 +49,8 @@ class ResumableCheckpoint(ModelCheckpoint):
     so that a killed run resumes close to where it stopped (``fit --ckpt_path last``). Lightning's
     own ``every_n_train_steps`` with a validation metric as ``monitor`` saves nothing before the
     first validation, then ranks checkpoints by the previous validation's value and stops saving
-    after validations.
+    after validations. ``last.ckpt`` is also written at the end of training when the last step
+    was not saved (``max_steps`` or ``max_time`` between two saves).
 
     Args:
         every_n_train_steps: Write ``last.ckpt`` every this many optimizer steps (needs
@@ -87,6 +88,16 @@ class ResumableCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run or trainer.sanity_checking:
             return
         self._periodic_step = step
+        self._save_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``last.ckpt`` holds the final state, also when training stopped between saves."""
+        super().on_train_end(trainer, pl_module)
+        saved = (self._periodic_step, self._last_global_step_saved)
+        if self.save_last and not trainer.fast_dev_run and trainer.global_step not in saved:
+            self._save_last(trainer)
+
+    def _save_last(self, trainer: pl.Trainer) -> None:
         path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
         self.last_model_path = path  # before saving: it is part of the saved callback state
         trainer.save_checkpoint(path, weights_only=self.save_weights_only)
