@@ -178,6 +178,7 @@ def test_transcripts_the_vocabulary_cannot_spell_stop_before_training(tmp_path, 
     assert done.returncode == 2, done.stderr[-3000:]
     assert "asr-lightning: error: 6 of 6 training transcripts" in done.stderr
     assert "empty after normalization" in done.stderr and "Traceback" not in done.stderr
+    assert str(cyrillic) in done.stderr and "'П' (6)" in done.stderr  # the file, what is unknown
     capsys.readouterr()
     assert main([*args, "--data.train", str(digits)]) == 2
     assert "asr-lightning: error: 6 of 6 training transcripts" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from asr_lightning.cli import main
 from asr_lightning.errors import ConfigError
 from asr_lightning.training import best_checkpoint_of, newest_last_checkpoint
 from tests.training_support import (
+    last_scalar,
     manifest_ids,
     read_records,
     run_and_kill,
@@ -128,17 +129,9 @@ def test_ddp_on_two_cpu_processes_sees_every_item_once_and_reduces_metrics(tmp_p
         lines[run_dir] = sorted(path.read_text(encoding="utf-8").splitlines())
     assert lines[on_two] == lines[on_one]
     assert len(lines[on_two]) == len(manifest_ids(tmp_path / "eval.jsonl"))
-    assert _metric(on_two, "test/wer") == pytest.approx(_metric(on_one, "test/wer"))
+    assert last_scalar(on_two, "test/wer") == pytest.approx(last_scalar(on_one, "test/wer"))
     # the validation of the last epoch (same weights as last.ckpt) agrees too
-    assert _metric(fitted, "val/wer") == pytest.approx(_metric(on_one, "test/wer"))
-
-
-def _metric(run_dir: Path, tag: str) -> float:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    return events.Scalars(tag)[-1].value
+    assert last_scalar(fitted, "val/wer") == pytest.approx(last_scalar(on_one, "test/wer"))
 
 
 def test_newest_last_checkpoint_and_the_best_one_it_records(tmp_path):
@@ -158,3 +151,15 @@ def test_newest_last_checkpoint_and_the_best_one_it_records(tmp_path):
     assert best_checkpoint_of(old / "last.ckpt") == best
     with pytest.raises(ConfigError, match="no best checkpoint"):
         best_checkpoint_of(new / "last-v1.ckpt")
+
+
+def test_checkpoints_best_after_validations_and_last_every_n_steps_and_at_the_end(tmp_path):
+    settings = {"max_steps": 5, "val_check_interval": 2, "limit_val_batches": 1}
+    config = tiny_config(tmp_path, trainer=settings)
+
+    assert main(["fit", "--config", str(config), "--checkpoint.every_n_train_steps", "3"]) == 0
+
+    (run,) = run_dirs(tmp_path)
+    names = {path.name.split("-")[0] for path in (run / "checkpoints").iterdir()}
+    assert names == {"step2", "step4", "last.ckpt"}  # no best checkpoint from step 3's save
+    assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 5
