@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,6 +235,10 @@ def _serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_main(argv: Sequence[str]) -> int:
     from asr_lightning.serve.batching import BatchOptions
     from asr_lightning.serve.loading import load_transcriber
@@ -251,6 +256,7 @@ def serve_main(argv: Sequence[str]) -> int:
     options = ServeOptions(batching, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
     server = AsrServer(ServingApp(transcriber, options), args.host, args.port)
     print(f"serving {args.model} on {server.url} (POST /invocations, GET /ping)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # docker stop / SageMaker: finish queued requests
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -18,6 +18,8 @@ import base64
 import json
 import os
 import random
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +42,7 @@ SETTINGS = (("batching on", 8, 15.0), ("batching off", 1, 0.0))
 MALFORMED_SHARE = 0.2
 MAX_BODY_MB = 1.0
 STARTUP_TIMEOUT_S = 180.0
+BATCHER_LINE = re.compile(r"in \d+ batches \(mean ([0-9.]+)")
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, max_batch: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, max_batch: int, max_wait_ms: float):
     port = _free_port()
     command = [sys.executable, "-m", "asr_lightning.cli", "serve", str(model), "--port", str(port)]
     command += ["--max-batch-size", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
@@ -104,7 +107,7 @@ def start_server(model: Path, max_batch: int, max_wait_ms: float) -> tuple[subpr
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/ping", timeout=5):
-                return process, url
+                return process, url, log.name
         except (urllib.error.URLError, ConnectionError):
             if process.poll() is not None:
                 raise SystemExit(f"the server exited; see {log.name}") from None
@@ -130,7 +133,7 @@ def send(url: str, request: Request) -> tuple[int, dict, float]:
 
 
 def run_setting(model: Path, requests: list[Request], clients: int, batch: int, wait: float):
-    process, url = start_server(model, batch, wait)
+    process, url, log = start_server(model, batch, wait)
     try:
         send(url, next(r for r in requests if r.expected_status == 200))  # warm-up
         start = time.perf_counter()
@@ -138,9 +141,12 @@ def run_setting(model: Path, requests: list[Request], clients: int, batch: int, 
             answers = list(pool.map(lambda r: send(url, r), requests))
         elapsed = time.perf_counter() - start
     finally:
-        process.terminate()
+        process.send_signal(signal.SIGTERM)  # graceful: the batcher logs its counts
         process.wait(timeout=60)
-    return check(requests, answers, elapsed)
+    result = check(requests, answers, elapsed)
+    found = BATCHER_LINE.search(Path(log).read_text())
+    result["mean_batch"] = float(found.group(1)) if found else None
+    return result
 
 
 def check(requests: list[Request], answers: list, elapsed: float) -> dict:
@@ -171,25 +177,36 @@ def check(requests: list[Request], answers: list, elapsed: float) -> dict:
 def render(
     model: Path, results: dict, args: argparse.Namespace, load: str, clips, nonempty: int
 ) -> str:
+    shown = model.relative_to(REPO) if model.is_relative_to(REPO) else model
     lines = [
         SECTION,
         "",
         f"`python benchmarks/serve_load.py --requests {args.requests} --clients {args.clients}"
-        f" --write` on `{model.relative_to(REPO) if model.is_relative_to(REPO) else model}`, "
+        f" --repeats {args.repeats} --write` on `{shown}`, "
         f"{len(clips)} quickstart clips ({args.clips_seconds:.1f} s of audio in all); "
         f"2 shared CPU cores, `uptime` at the start: `{load}`. Every valid answer equalled "
         f"the offline Transcriber's ({nonempty} valid requests had a non-empty transcript); "
         "no 5xx, none dropped, every malformed request got its 4xx.",
         "",
-        "| setting | requests (valid / malformed) | throughput (req/s) | valid p50 / p99 (ms) "
-        "| all p50 / p99 (ms) |",
-        "|---|---|---|---|---|",
+        f"Medians of {args.repeats} runs per setting, interleaved (each run's throughput in "
+        "brackets); mean batch = requests per model call, from the server's log.",
+        "",
+        "| setting | requests (valid / malformed) | throughput (req/s) | mean batch "
+        "| valid p50 / p99 (ms) | all p50 / p99 (ms) |",
+        "|---|---|---|---|---|---|",
     ]
-    for label, result in results.items():
+    for label, runs in results.items():
+
+        def median(key: str, runs=runs) -> float:
+            return round(float(np.median([run[key] for run in runs])), 1)
+
+        first = runs[0]
+        throughputs = ", ".join(f"{run['throughput_rps']:.1f}" for run in runs)
         lines.append(
-            f"| {label} | {result['requests']} ({result['valid']} / {result['malformed']}) "
-            f"| {result['throughput_rps']} | {result['valid_p50_ms']} / {result['valid_p99_ms']} "
-            f"| {result['all_p50_ms']} / {result['all_p99_ms']} |"
+            f"| {label} | {first['requests']} ({first['valid']} / {first['malformed']}) "
+            f"| {median('throughput_rps')} ({throughputs}) | {median('mean_batch')} "
+            f"| {median('valid_p50_ms')} / {median('valid_p99_ms')} "
+            f"| {median('all_p50_ms')} / {median('all_p99_ms')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -213,6 +230,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--clips", type=int, default=16, help="distinct valid clips")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setting, interleaved")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     model = (args.model or newest_model()).resolve()
@@ -221,10 +239,11 @@ def main() -> int:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"model {model}; {load}", flush=True)
     requests = build_requests(model, clips, args.requests, args.seed)
-    results = {}
-    for label, batch, wait in SETTINGS:
-        results[label] = run_setting(model, requests, args.clients, batch, wait)
-        print(label, json.dumps(results[label]), flush=True)
+    results: dict[str, list[dict]] = {label: [] for label, _, _ in SETTINGS}
+    for _ in range(args.repeats):
+        for label, batch, wait in SETTINGS:
+            results[label].append(run_setting(model, requests, args.clients, batch, wait))
+            print(label, json.dumps(results[label][-1]), flush=True)
     nonempty = sum(1 for r in requests if r.expected_text)
     text = render(model, results, args, load, clips, nonempty)
     print(text)
