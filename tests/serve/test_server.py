@@ -19,6 +19,7 @@ import pytest
 
 from asr_lightning.inference.transcriber import Transcriber
 from asr_lightning.serve.batching import BatchOptions
+from asr_lightning.serve.requests import parse_request
 from asr_lightning.serve.server import AsrServer, ServeOptions, ServingApp
 from tests.model.tiny import scratch_module
 
@@ -194,3 +195,33 @@ def test_cli_serve_subprocess(model_folder, encoded):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_mixed_load_from_eight_clients_drops_nothing(server, encoded, transcriber):
+    """A small load test: valid and malformed requests interleaved, 8 clients at once."""
+    cases = [
+        (encoded["wav"], "audio/wav", 200),
+        (encoded["opus"], "audio/ogg", 200),  # lossy: its own expected transcript
+        (encoded["flac"], "application/octet-stream", 200),
+        (b"RIFF" + bytes(300), "audio/wav", 400),
+        (b'{"audio": 1}', "application/json", 400),
+        (b"x" * (MAX_BODY + 1), "audio/wav", 413),
+        (b"text", "text/plain", 415),
+    ]
+    expected = {
+        body: transcriber.transcribe_arrays([parse_request(body, kind).audio])[0].text
+        for body, kind, status in cases
+        if status == 200
+    }
+    workload = [cases[i % len(cases)] for i in range(42)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda case: _post(server.url + "/invocations", case[0], case[1]), workload)
+        )
+    assert len(answers) == len(workload)
+    for (body, _, status), (code, answer) in zip(workload, answers, strict=True):
+        assert code == status
+        if status == 200:
+            assert answer == {"text": expected[body]}
+        else:
+            assert answer["status"] == status
