@@ -39,6 +39,7 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     steps, kill_after = 9, 4  # killed mid-epoch 0, ends mid-epoch 1 (6 batches per epoch)
     settings = {"trainer": {"max_steps": steps, "limit_val_batches": 0}}
@@ -94,6 +95,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
         torch.testing.assert_close(moment, expected_moment, rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_sees_every_item_once_and_reduces_metrics(tmp_path):
     config = tiny_config(tmp_path, train=24, trainer={"max_epochs": 2, "max_steps": -1})
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]

@@ -39,6 +39,7 @@ def _batches(loader) -> tuple[list[str], list[tuple[str, str]]]:
     return seen, skipped
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:PySoundFile failed")
 def test_bad_audio_is_decoded_or_skipped_and_counted_never_lost(tmp_path):
     cases = make_bad_audio_corpus(tmp_path / "bad")
     rows = [
