@@ -177,6 +177,15 @@ def run_and_kill(*args: str, marker: Path, timeout: float = SUBPROCESS_TIMEOUT_S
         process.stdout.close()
 
 
+def last_scalar(run_dir: Path, tag: str) -> float:
+    """The last value a run logged to TensorBoard under ``tag``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return events.Scalars(tag)[-1].value
+
+
 def read_records(directory: Path) -> dict[int, list[dict[str, Any]]]:
     """``{rank: [record, ...]}`` written by :class:`RecordBatches` into ``directory``."""
     records = {}
