@@ -85,10 +85,12 @@ def _custom_attributes(context: Any) -> str | None:
     """SageMaker's custom attributes header, from the toolkit's request context if any."""
     if context is None:
         return None
-    try:
-        return context.get_request_header(0, CUSTOM_ATTRIBUTES)
+    try:  # header names keep the client's spelling: match them case-insensitively
+        headers = context.get_all_request_header(0) or {}
     except (AttributeError, IndexError, KeyError, TypeError):
         return None
+    wanted = CUSTOM_ATTRIBUTES.lower()
+    return next((v for k, v in headers.items() if str(k).lower() == wanted), None)
 
 
 def _fail(err: rq.RequestError) -> NoReturn:

@@ -63,8 +63,8 @@ class _Context:
     def __init__(self, headers: dict[str, str]) -> None:
         self.headers = headers
 
-    def get_request_header(self, index: int, key: str) -> str | None:
-        return self.headers.get(key)
+    def get_all_request_header(self, index: int) -> dict[str, str]:
+        return self.headers
 
 
 def _answer(handler, model, body, content_type, accept="application/json", context=None):
@@ -119,7 +119,7 @@ def test_timestamps_from_json_or_custom_attributes(handler, model, wav):
     body = json.dumps({"audio": base64.b64encode(wav).decode(), "timestamps": True})
     answer = _answer(handler, model, body, "application/json")
     assert answer["words"] and answer["duration_s"] > 1
-    context = _Context({handler.CUSTOM_ATTRIBUTES: "timestamps=true"})
+    context = _Context({"x-amzn-sagemaker-custom-attributes": "timestamps=true"})
     assert _answer(handler, model, wav, "audio/wav", context=context) == answer
 
 

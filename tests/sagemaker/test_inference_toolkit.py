@@ -62,8 +62,10 @@ def _free_port() -> int:
     raise RuntimeError(f"no free port in {MIN_PORT}..{MAX_PORT}")
 
 
-def _request(url: str, body: bytes | None = None, content_type: str | None = None):
-    request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+def _request(url: str, body: bytes | None = None, content_type: str | None = None, headers=None):
+    request = urllib.request.Request(
+        url, data=body, method="POST" if body else "GET", headers=headers or {}
+    )
     if content_type:
         request.add_header("Content-Type", content_type)
     try:
@@ -143,6 +145,9 @@ def test_toolkit_transcribes_wav_and_json(toolkit, shared_data, tmp_path):
     document = json.dumps({"audio": base64.b64encode(wav.read_bytes()).decode()})
     status, body = _request(url + "/invocations", document.encode(), "application/json")
     assert status == 200 and json.loads(body) == {"text": expected}
+    attributes = {"X-Amzn-SageMaker-Custom-Attributes": "timestamps=true"}
+    status, body = _request(url + "/invocations", wav.read_bytes(), "audio/wav", attributes)
+    assert status == 200 and json.loads(body)["words"], body
 
 
 @pytest.mark.parametrize(
