@@ -240,6 +240,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def serve_main(argv: Sequence[str]) -> int:
+    from asr_lightning.errors import ConfigError
     from asr_lightning.serve.batching import BatchOptions
     from asr_lightning.serve.loading import load_transcriber
     from asr_lightning.serve.server import AsrServer, ServeOptions, ServingApp
@@ -254,7 +255,12 @@ def serve_main(argv: Sequence[str]) -> int:
         batch_size=max(8, args.max_batch_size),
     )
     options = ServeOptions(batching, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
-    server = AsrServer(ServingApp(transcriber, options), args.host, args.port)
+    try:
+        server = AsrServer(ServingApp(transcriber, options), args.host, args.port)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot listen on {args.host}:{args.port}: {err}; pick another --port"
+        ) from err
     print(f"serving {args.model} on {server.url} (POST /invocations, GET /ping)", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # docker stop / SageMaker: finish queued requests
     try:
