@@ -27,6 +27,7 @@ import torch
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.decoding.beam import BeamSearchDecoder
 from asr_lightning.export.onnx import INT8_FILE, ONNX_FILE, export_onnx, quantize_int8
+from asr_lightning.inference.chunking import ChunkOptions
 from asr_lightning.inference.models import extract_features
 from asr_lightning.inference.transcriber import Transcriber
 from asr_lightning.text.normalize import TextNormalizer
@@ -101,6 +102,30 @@ def _lm_rows(transcriber: Transcriber, audios, references, lm: str, beam: int, a
     return rows
 
 
+def _long_audio_row(transcriber: Transcriber, audios, references, seconds: float) -> dict:
+    """One long file made of consecutive test clips: chunked (30 s windows) vs one pass."""
+    take, total = 0, 0
+    while take < len(audios) and total < seconds * 16_000:
+        total += audios[take].size
+        take += 1
+    long = np.concatenate(audios[:take])
+    reference = " ".join(r for r in references[:take] if r)
+    texts = {}
+    for chunk_s in (30.0, seconds * 2):
+        transcriber.chunking = ChunkOptions(chunk_s=chunk_s, stride_s=4.0)
+        texts[chunk_s] = transcriber.transcribe_arrays([long])[0].text
+    transcriber.chunking = ChunkOptions()
+    chunked, whole = texts[30.0], texts[seconds * 2]
+    row = {
+        "audio_seconds": long.size / 16_000,
+        "wer_chunked": _wer([reference], [chunked]),
+        "wer_one_pass": _wer([reference], [whole]),
+        "chunked_vs_one_pass_wer": _wer([whole], [chunked]) if whole else None,
+    }
+    print(f"long audio: {row}")
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="Hugging Face model folder or .ckpt")
@@ -112,6 +137,7 @@ def main() -> int:
     parser.add_argument("--beam-width", type=int, default=32)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--long-s", type=float, default=120.0, help="long-audio check length")
     parser.add_argument("--result", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,6 +164,11 @@ def main() -> int:
         file=sys.stderr,
     )
     results = [_run("PyTorch eager", torch_transcriber, audios, references, args.batch_size)]
+    if args.threads > 1:  # on a busy CPU, OpenMP threads can cost more than they bring
+        torch.set_num_threads(1)
+        name = "PyTorch eager (1 thread)"
+        results.append(_run(name, torch_transcriber, audios, references, args.batch_size))
+        torch.set_num_threads(args.threads)
     variants = (
         ("onnxruntime fp32", ONNX_FILE),
         ("onnxruntime int8", INT8_FILE),
@@ -165,6 +196,7 @@ def main() -> int:
         "load_average": load,
         "runtimes": results,
     }
+    output["long_audio"] = _long_audio_row(torch_transcriber, audios, references, args.long_s)
     if args.lm:
         fp32 = Transcriber.from_pretrained(
             args.onnx_dir, backend="onnx", num_threads=args.threads, batch_size=args.batch_size
