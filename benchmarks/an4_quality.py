@@ -1,0 +1,191 @@
+"""AN4 quality bar: a CTC model trained from scratch on CPU in <= 30 minutes, scored on AN4 test.
+
+Steps, each through the ``asr-lightning`` command:
+
+1. ``asr-lightning data prepare an4 SRC manifests/an4`` (948 train / 130 test utterances);
+2. hold out a few training speakers as a development set (``manifests/an4/dev.jsonl``, the rest
+   in ``manifests/an4/train_minus_dev.jsonl``): checkpoints are chosen on speakers the model
+   never trained on, and the test set is only read once, at the end;
+3. write synthetic coloured noise for the noise augmentation (``manifests/an4/noise/``);
+4. ``asr-lightning fit --config configs/an4.yaml`` under a wall-clock limit;
+5. ``asr-lightning test`` with the best checkpoint (lowest development WER) and the last one.
+
+It prints the training minutes, the test WER/CER and the development WER/CER curve over time
+(read from the TensorBoard event files) and exits with 1 when the test WER misses the target.
+
+    python benchmarks/an4_quality.py                     # the full 30-minute run
+    python benchmarks/an4_quality.py --prepare-only      # steps 1-3, then use the config alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFESTS = Path("manifests/an4")
+CONFIG = Path("configs/an4.yaml")
+#: Held-out speakers per gender (AN4 speaker ids start with f or m).
+DEV_SPEAKERS_PER_GENDER = 3
+SPLIT_SEED = 0
+#: Synthetic noise: one file per colour, this long, at 16 kHz.
+NOISE_SECONDS = 60
+NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+SAMPLE_RATE = 16_000
+TARGET_WER = 0.12
+
+
+def run(cmd: list[str], log_path: Path) -> float:
+    """Runs ``cmd`` in the repository with its output appended to ``log_path``; wall seconds."""
+    print("$", " ".join(cmd), flush=True)
+    start = time.monotonic()
+    with log_path.open("a", encoding="utf-8") as log:
+        result = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - start
+    if result.returncode != 0:
+        sys.exit(f"failed ({result.returncode}) after {seconds:.0f} s, see {log_path}")
+    return seconds
+
+
+def split_dev(manifest: Path, out_dir: Path, per_gender: int) -> tuple[int, int, list[str]]:
+    """Writes ``train_minus_dev.jsonl`` and ``dev.jsonl``, disjoint by speaker."""
+    rows = [json.loads(line) for line in manifest.open(encoding="utf-8")]
+    by_gender: dict[str, list[str]] = defaultdict(list)
+    for speaker in sorted({row["speaker"] for row in rows}):
+        by_gender[speaker[0]].append(speaker)
+    rng = random.Random(SPLIT_SEED)
+    dev = sorted(s for group in by_gender.values() for s in rng.sample(group, per_gender))
+    train = [row for row in rows if row["speaker"] not in dev]
+    held = [row for row in rows if row["speaker"] in dev]
+    for name, part in (("train_minus_dev.jsonl", train), ("dev.jsonl", held)):
+        with (out_dir / name).open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row) + "\n" for row in part)
+    return len(train), len(held), dev
+
+
+def write_noise(out_dir: Path) -> None:
+    """White, pink and brown noise (1/f^alpha power spectra), peak-normalized, as WAV files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SPLIT_SEED)
+    n = NOISE_SECONDS * SAMPLE_RATE
+    freqs = np.fft.rfftfreq(n, d=1.0 / SAMPLE_RATE)
+    for colour, alpha in NOISE_COLOURS.items():
+        spectrum = np.fft.rfft(rng.standard_normal(n))
+        spectrum[1:] /= freqs[1:] ** (alpha / 2)
+        spectrum[0] = 0.0
+        noise = np.fft.irfft(spectrum, n)
+        noise = 0.5 * noise / np.max(np.abs(noise))
+        sf.write(out_dir / f"{colour}.wav", noise.astype(np.float32), SAMPLE_RATE)
+
+
+def newest_version(root: Path) -> Path:
+    versions = sorted(root.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not versions:
+        sys.exit(f"no version_* folder under {root}")
+    return versions[-1]
+
+
+def scalars(log_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float, float]]]:
+    """``tag -> [(step, wall_time, value)]`` from the event files of one run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for path in sorted(glob.glob(str(log_dir / "events.out.tfevents*"))):
+        events = EventAccumulator(path)
+        events.Reload()
+        for tag in tags:
+            if tag in events.Tags()["scalars"]:
+                out.setdefault(tag, []).extend(
+                    (e.step, e.wall_time, e.value) for e in events.Scalars(tag)
+                )
+    return out
+
+
+def best_checkpoint(ckpt_dir: Path) -> Path:
+    """The checkpoint with the lowest development WER in its name (``step{N}-wer{W}.ckpt``)."""
+    scored = [(float(p.stem.rsplit("-wer", 1)[1]), p) for p in ckpt_dir.glob("step*-wer*.ckpt")]
+    if not scored:
+        sys.exit(f"no step*-wer*.ckpt checkpoint in {ckpt_dir}")
+    return min(scored)[1]
+
+
+def test(config: Path, ckpt: Path, out: Path, log_path: Path) -> tuple[float, float]:
+    cmd = ["asr-lightning", "test", "--config", str(config), "--ckpt_path", str(ckpt)]
+    cmd += ["--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", ""]
+    cmd += ["--trainer.enable_progress_bar", "false"]
+    run(cmd, log_path)
+    found = scalars(newest_version(out), ("test/wer", "test/cer"))
+    return found["test/wer"][-1][2], found["test/cer"][-1][2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--an4", type=Path, default=REPO.parent / "shared/data/an4")
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/an4_quality"))
+    parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock limit")
+    parser.add_argument("--target-wer", type=float, default=TARGET_WER)
+    parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fit options")
+    args = parser.parse_args(argv)
+
+    prepare = ["asr-lightning", "data", "prepare", "an4", str(args.an4), str(MANIFESTS)]
+    run(prepare, Path("/dev/null"))
+    n_train, n_dev, dev = split_dev(
+        REPO / MANIFESTS / "train.jsonl", REPO / MANIFESTS, DEV_SPEAKERS_PER_GENDER
+    )
+    print(f"train {n_train} / dev {n_dev} utterances (dev speakers: {' '.join(dev)})")
+    write_noise(REPO / MANIFESTS / "noise")
+    if args.prepare_only:
+        return 0
+
+    work = REPO / args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "log.txt"
+    limit = time.strftime("%H:%M:%S", time.gmtime(args.minutes * 60))
+    fit_cmd = ["asr-lightning", "fit", "--config", str(args.config)]
+    fit_cmd += ["--trainer.max_time", f"00:{limit}", "--trainer.enable_progress_bar", "false"]
+    fit_cmd += ["--trainer.default_root_dir", str(work / "fit")]
+    fit_cmd += ["--trainer.logger.init_args.save_dir", str(work / "fit")]
+    fit_cmd += ["--trainer.logger.init_args.name", "", *args.extra]
+    fit_started = time.time()
+    fit_seconds = run(fit_cmd, log_path)
+
+    fit_dir = newest_version(work / "fit")
+    curve = scalars(fit_dir, ("val/wer", "val/cer"))
+    best = best_checkpoint(fit_dir / "checkpoints")
+    best_wer, best_cer = test(args.config, best, work / "test_best", log_path)
+    last_wer, last_cer = test(
+        args.config, fit_dir / "checkpoints/last.ckpt", work / "test_last", log_path
+    )
+
+    print(f"\nfit (start-up + training + end-of-fit export): {fit_seconds / 60:.1f} min")
+    print(f"run folder: {fit_dir}\n")
+    print("| checkpoint | test WER | test CER |\n| --- | --- | --- |")
+    print(f"| best on dev ({best.name}) | {100 * best_wer:.1f}% | {100 * best_cer:.1f}% |")
+    print(f"| last | {100 * last_wer:.1f}% | {100 * last_cer:.1f}% |\n")
+    print("| minutes since fit started | step | dev WER | dev CER |")
+    print("| --- | --- | --- | --- |")
+    cers = {step: value for step, _, value in curve["val/cer"]}
+    for step, wall, wer in curve["val/wer"]:
+        print(
+            f"| {(wall - fit_started) / 60:.1f} | {step} | {100 * wer:.1f}% | "
+            f"{100 * cers.get(step, float('nan')):.1f}% |"
+        )
+    hit = best_wer <= args.target_wer
+    print(f"\ntarget test WER <= {100 * args.target_wer:.0f}%: {'met' if hit else 'MISSED'}")
+    return 0 if hit else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
