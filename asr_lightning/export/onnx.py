@@ -44,8 +44,8 @@ INPUT_NAMES = ("inputs", "attention_mask")
 OUTPUT_NAMES = ("logits", "logit_lengths")
 Quantization = Literal["int8"]
 #: Op types INT8 dynamic quantization rewrites. MatMul (attention and feed-forward) carries
-#: nearly all the compute of a transformer encoder; quantizing the convolutions too costs
-#: accuracy for little speed (see BENCHMARKS.md).
+#: most of the compute of a transformer encoder; quantizing the convolutions too made the model
+#: ~2x slower on CPU (onnxruntime's ConvInteger kernels; see BENCHMARKS.md).
 QUANTIZED_OPS = ("MatMul",)
 #: Lengths (seconds) of the synthetic clips used when no check audio is given.
 _SYNTHETIC_CHECK_S = (1.7, 0.9)
