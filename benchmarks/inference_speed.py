@@ -126,6 +126,31 @@ def _long_audio_row(transcriber: Transcriber, audios, references, seconds: float
     return row
 
 
+def _runtimes(args, torch_transcriber: Transcriber, audios, references) -> list[dict]:
+    """PyTorch eager (its default threads and one thread), then each ONNX file."""
+    results = [_run("PyTorch eager", torch_transcriber, audios, references, args.batch_size)]
+    if args.threads > 1:  # on a busy CPU, OpenMP threads can cost more than they bring
+        torch.set_num_threads(1)
+        name = "PyTorch eager (1 thread)"
+        results.append(_run(name, torch_transcriber, audios, references, args.batch_size))
+        torch.set_num_threads(args.threads)
+    variants = (
+        ("onnxruntime fp32", ONNX_FILE),
+        ("onnxruntime int8", INT8_FILE),
+        ("onnxruntime int8 (MatMul + Conv)", INT8_CONV_FILE),
+    )
+    for name, file in variants:
+        transcriber = Transcriber.from_pretrained(
+            args.onnx_dir,
+            backend="onnx",
+            onnx_file=file,
+            num_threads=args.threads,
+            batch_size=args.batch_size,
+        )
+        results.append(_run(name, transcriber, audios, references, args.batch_size))
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="Hugging Face model folder or .ckpt")
@@ -163,26 +188,7 @@ def main() -> int:
         f"{args.threads} threads, load average {load[0]:.2f}",
         file=sys.stderr,
     )
-    results = [_run("PyTorch eager", torch_transcriber, audios, references, args.batch_size)]
-    if args.threads > 1:  # on a busy CPU, OpenMP threads can cost more than they bring
-        torch.set_num_threads(1)
-        name = "PyTorch eager (1 thread)"
-        results.append(_run(name, torch_transcriber, audios, references, args.batch_size))
-        torch.set_num_threads(args.threads)
-    variants = (
-        ("onnxruntime fp32", ONNX_FILE),
-        ("onnxruntime int8", INT8_FILE),
-        ("onnxruntime int8 (MatMul + Conv)", INT8_CONV_FILE),
-    )
-    for name, file in variants:
-        transcriber = Transcriber.from_pretrained(
-            args.onnx_dir,
-            backend="onnx",
-            onnx_file=file,
-            num_threads=args.threads,
-            batch_size=args.batch_size,
-        )
-        results.append(_run(name, transcriber, audios, references, args.batch_size))
+    results = _runtimes(args, torch_transcriber, audios, references)
     reference_texts = results[0]["texts"]
     for row in results:
         row["identical_to_pytorch"] = sum(
