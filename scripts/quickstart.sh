@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export HF_HUB_OFFLINE=1
 bar=false; [ -t 1 ] && bar=true  # a progress bar on a terminal, plain logs in CI
 rm -rf runs/quickstart  # a fresh run each time (a best.ckpt left over would become best-v1)
-asr-lightning data check data/quickstart/train.jsonl
+asr-lightning data check data/quickstart/train.jsonl --min-duration 0.3
 asr-lightning fit --config configs/quickstart.yaml --trainer.enable_progress_bar $bar
 asr-lightning test --config configs/quickstart.yaml --trainer.enable_progress_bar $bar \
   --ckpt_path runs/quickstart/checkpoints/best.ckpt
