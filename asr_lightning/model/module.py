@@ -156,6 +156,8 @@ class CTCModule(lightning.LightningModule):
 
             config = factory.build_config(hp.model_type, tokenizer.get_vocab(), settings)
             model = AutoModelForCTC.from_config(config)
+            if hp.model_type == "parakeet_ctc":
+                factory.reset_convolutions(model)
             feature_extractor = factory.scratch_feature_extractor(config)
         self._prepare(model)
         self.model, self.feature_extractor, self.tokenizer = model, feature_extractor, tokenizer
