@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from asr_lightning.data.datamodule import ASRDataModule
 from asr_lightning.errors import ConfigError
 from asr_lightning.model.module import CTCModule
+from asr_lightning.sagemaker.metrics import MetricLines
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,8 @@ class ASRLightningCLI(LightningCLI):
         log.info("--ckpt_path %s: %s", wanted, config.ckpt_path)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        """The trainer, with a rich progress bar unless disabled or another one is configured.
+        """The trainer, with a rich progress bar unless disabled or another one is configured;
+        without a bar, a line of metrics (``step=.. eval_wer=..``) after each validation.
 
         (A progress bar in ``trainer_defaults`` would be added even with
         ``trainer.enable_progress_bar: false``, which the Trainer refuses.)
@@ -215,6 +217,9 @@ class ASRLightningCLI(LightningCLI):
         wanted = config.get("enable_progress_bar") is not False
         if wanted and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs["callbacks"] = [*callbacks, RichProgressBar(leave=True)]
+        elif not wanted and not any(isinstance(c, MetricLines) for c in callbacks):
+            # no bar (CI logs, SageMaker): one line of metrics after each validation instead
+            kwargs["callbacks"] = [*callbacks, MetricLines()]
         return super().instantiate_trainer(**kwargs)
 
 
