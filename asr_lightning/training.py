@@ -104,6 +104,17 @@ class ResumableCheckpoint(ModelCheckpoint):
         trainer.save_checkpoint(path, weights_only=self.save_weights_only)
 
 
+def load_best_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+    """Loads the best checkpoint's weights into the module (its processor and configuration
+    stay); returns the checkpoint's path, ``""`` when there is none."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+        pl_module.load_state_dict(checkpoint["state_dict"])
+        rank_zero_info(f"loaded the best checkpoint {best}")
+    return best
+
+
 class SaveHFModel(pl.Callback):
     """At the end of ``fit``, saves the best checkpoint as a Hugging Face model folder.
 
@@ -124,12 +135,8 @@ class SaveHFModel(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or trainer.sanity_checking:
             return
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if self.use_best and best:
-            # weights only: the module instance keeps its processor and configuration
-            checkpoint = torch.load(best, map_location="cpu", weights_only=False)
-            pl_module.load_state_dict(checkpoint["state_dict"])
-            rank_zero_info(f"loaded the best checkpoint {best}")
+        if self.use_best:
+            load_best_weights(trainer, pl_module)
         out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / HF_FOLDER)
         if trainer.is_global_zero:
             pl_module.save_hf(out)

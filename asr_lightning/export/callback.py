@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from asr_lightning.export.onnx import DEFAULT_OPSET, Quantization, export_loaded
@@ -55,10 +54,9 @@ class ONNXExport(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or trainer.sanity_checking:
             return
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if self.use_best and best:
-            checkpoint = torch.load(best, map_location="cpu", weights_only=False)
-            pl_module.load_state_dict(checkpoint["state_dict"])
+        from asr_lightning.training import load_best_weights
+
+        best = load_best_weights(trainer, pl_module) if self.use_best else ""
         out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / ONNX_FOLDER)
         if trainer.is_global_zero:
             loaded = LoadedModel(
