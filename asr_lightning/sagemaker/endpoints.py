@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from asr_lightning.errors import ConfigError
-from asr_lightning.sagemaker.jobs import PY_VERSION, AwsTarget, sagemaker_session
+from asr_lightning.sagemaker.jobs import AwsTarget, pytorch_image, sagemaker_session
 from asr_lightning.sagemaker.model_dir import CODE_SUBDIR, HANDLER
 
 log = logging.getLogger(__name__)
@@ -110,17 +110,8 @@ def upload_model(model_data: str, target: AwsTarget, session: Any, name: str) ->
 
 
 def inference_image(options: DeployOptions, region: str) -> str:
-    if options.image_uri:
-        return options.image_uri
-    from sagemaker.core import image_uris
-
-    return image_uris.retrieve(
-        framework="pytorch",
-        region=region,
-        version=INFERENCE_FRAMEWORK_VERSION,
-        py_version=PY_VERSION,
-        instance_type=options.instance_type,
-        image_scope="inference",
+    return pytorch_image(
+        options.image_uri, options.instance_type, region, INFERENCE_FRAMEWORK_VERSION, "inference"
     )
 
 

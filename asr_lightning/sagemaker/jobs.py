@@ -129,18 +129,27 @@ def stage_source(repo_root: Path, into: Path) -> Path:
     return into
 
 
-def training_image(options: TrainOptions, region: str) -> str:
-    if options.image_uri:
-        return options.image_uri
+def pytorch_image(
+    image_uri: str | None, instance_type: str, region: str, version: str, scope: str
+) -> str:
+    """``image_uri`` when given, else the AWS PyTorch image of that version, scope and region."""
+    if image_uri:
+        return image_uri
     from sagemaker.core import image_uris
 
     return image_uris.retrieve(
         framework="pytorch",
         region=region,
-        version=TRAINING_FRAMEWORK_VERSION,
+        version=version,
         py_version=PY_VERSION,
-        instance_type=options.instance_type,
-        image_scope="training",
+        instance_type=instance_type,
+        image_scope=scope,
+    )
+
+
+def training_image(options: TrainOptions, region: str) -> str:
+    return pytorch_image(
+        options.image_uri, options.instance_type, region, TRAINING_FRAMEWORK_VERSION, "training"
     )
 
 
