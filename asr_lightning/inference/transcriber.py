@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,8 @@ from asr_lightning.decoding.greedy import GreedyHypothesis, greedy_decode_with_f
 from asr_lightning.errors import AsrLightningError, ModelError
 from asr_lightning.inference.backends import Backend, OnnxBackend, TorchBackend
 from asr_lightning.inference.chunking import Chunk, ChunkOptions, plan_chunks, stitch
-from asr_lightning.inference.models import extract_features, load_model, samples_per_frame
+from asr_lightning.inference.frontend import feature_function
+from asr_lightning.inference.models import load_model, samples_per_frame
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ FEATURE_THREADS = 1
 #: Prefix of SentencePiece tokens that begin a word (Parakeet and other BPE vocabularies).
 WORD_START = "\u2581"
 DEFAULT_CHUNKING = ChunkOptions()
+#: Distinct words whose text a transcriber remembers.
+WORD_CACHE_SIZE = 65_536
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class Transcriber:
             raise ModelError(f"batch_size must be >= 1, got {batch_size}")
         self.backend = backend
         self.feature_extractor = feature_extractor
+        self.featurize = feature_function(feature_extractor)
         self.tokenizer = tokenizer
         self.samples_per_frame = samples_per_frame
         self.blank_id = blank_id
@@ -119,6 +124,8 @@ class Transcriber:
         self.sample_rate = int(getattr(feature_extractor, "sampling_rate", SAMPLE_RATE))
         self._tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer.get_vocab()))))
         self._delimiter = getattr(tokenizer, "word_delimiter_token", None)
+        # Words repeat (Zipf): cache their text instead of a tokenizer call per word.
+        self._word_text = lru_cache(maxsize=WORD_CACHE_SIZE)(self._text_of)
 
     @classmethod
     def from_pretrained(
@@ -239,7 +246,7 @@ class Transcriber:
         audios = [item.audio[item.chunks[i].start : item.chunks[i].end] for item, i in segments]
         try:
             with _torch_threads(FEATURE_THREADS):
-                features = extract_features(self.feature_extractor, audios)
+                features = self.featurize(audios)
             logits, lengths = self.backend(features["inputs"], features["attention_mask"])
         except Exception as err:  # a runtime error in one row must not lose the others
             if len(segments) == 1:
@@ -270,12 +277,15 @@ class Transcriber:
         batch = torch.from_numpy(np.ascontiguousarray(logits))[None]  # (1, T, V)
         return greedy_decode_with_frames(batch, torch.tensor([logits.shape[0]]), self.blank_id)[0]
 
+    def _text_of(self, ids: tuple[int, ...]) -> str:
+        return ids_to_text(ids, self.tokenizer).strip()
+
     def _words(self, path: GreedyHypothesis) -> list[Word]:
         """Words from the emitted tokens: split at the delimiter token or at ``▁`` tokens."""
         seconds = self.samples_per_frame / self.sample_rate
         words = []
         for ids, start, end in _word_spans(path, self._tokens, self._delimiter):
-            text = ids_to_text(ids, self.tokenizer).strip()
+            text = self._word_text(tuple(ids))
             if text:
                 words.append(Word(text, round(start * seconds, 3), round(end * seconds, 3)))
         return words
