@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from asr_lightning.data.datamodule import ASRDataModule
 from asr_lightning.errors import ConfigError
+from asr_lightning.memory import ReleaseMemory
 from asr_lightning.model.module import CTCModule
 from asr_lightning.sagemaker.metrics import MetricLines
 
@@ -173,6 +174,8 @@ class ASRLightningCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(SaveHFModel, "hf_export")
+        # glibc keeps freed tensors' memory: give it back at epoch ends (flat RSS over epochs)
+        parser.add_lightning_class_args(ReleaseMemory, "release_memory")
         # the processor flows from the model's checkpoint to the data, the vocabulary back
         parser.link_arguments("model.model_name_or_path", "data.processor", apply_on="parse")
         parser.link_arguments("model.model_type", "data.model_type", apply_on="parse")

@@ -58,7 +58,9 @@ def test_fit_writes_checkpoints_tensorboard_logs_config_and_hf_model(fitted):
     checkpoints = {path.name.split("-")[0] for path in (run / "checkpoints").iterdir()}
     assert checkpoints == {"last.ckpt", "step4", "step8"}  # the best 2 of 2 validations
     assert list(run.glob("events.out.tfevents.*"))
-    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 8
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["max_steps"] == 8
+    assert saved["release_memory"] == {"every_n_batches": None}  # on in every run
     assert (run / "hf_model" / "model.safetensors").is_file()
     for tag in ("train/loss", "val/wer", "val/cer", "val/loss", "lr-AdamW/encoder"):
         assert last_scalar(run, tag) >= 0
