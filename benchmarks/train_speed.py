@@ -57,6 +57,8 @@ class Meter:
         self.padded_frames = 0  # frames processed, padding included
         self.epoch_s: list[float] = []
         self.epoch_rss_mb: list[float] = []
+        self.epoch_main_rss_mb: list[float] = []
+        self.epoch_pss_mb: list[float] = []
         self._mark = 0.0
         self._epoch_start = 0.0
         self._sampler = PssSampler()
@@ -81,6 +83,8 @@ class Meter:
     def epoch_end(self) -> None:
         self.epoch_s.append(time.perf_counter() - self._epoch_start)
         self.epoch_rss_mb.append(tree_rss_mb())
+        self.epoch_main_rss_mb.append(main_rss_mb())
+        self.epoch_pss_mb.append(tree_pss_mb())
         print(
             f"  epoch {len(self.epoch_s)}: {self.epoch_s[-1]:.1f} s, {len(self.compute_s)} steps, "
             f"load {os.getloadavg()[0]:.1f}",
@@ -103,6 +107,8 @@ class Meter:
             "data_fraction": sum(self.data_s) / max(sum(self.data_s) + sum(self.compute_s), 1e-9),
             "epoch_s": self.epoch_s,
             "epoch_tree_rss_mb": self.epoch_rss_mb,
+            "epoch_main_rss_mb": self.epoch_main_rss_mb,
+            "epoch_tree_pss_mb": self.epoch_pss_mb,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_tree_pss_mb": self._sampler.peak_mb,
         }
@@ -117,6 +123,27 @@ def tree_rss_mb() -> float:
     for child in me.children(recursive=True):
         try:
             total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 1e6
+
+
+def main_rss_mb() -> float:
+    """Resident memory of this process alone, in MB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e6
+
+
+def tree_pss_mb() -> float:
+    """Proportional set size of this process and its children (workers), in MB."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().pss
         except psutil.Error:
             pass
     return total / 1e6
@@ -140,17 +167,8 @@ class PssSampler:
             self._thread.start()
 
     def _run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
         while True:
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_full_info().pss
-                except psutil.Error:
-                    pass
-            self.peak_mb = max(self.peak_mb, total / 1e6)
+            self.peak_mb = max(self.peak_mb, tree_pss_mb())
             time.sleep(self.interval_s)
 
 
@@ -389,6 +407,8 @@ def run_baseline(args, settings) -> dict[str, Any]:
 def run_ours(args, settings) -> dict[str, Any]:
     import lightning
 
+    from asr_lightning.memory import ReleaseMemory
+
     setup_start = time.perf_counter()
     probe = datamodule(args, settings, max_batch_seconds=200.0, cache_audio=False)
     durations = probe.datasets["train"]["train"].durations
@@ -423,7 +443,8 @@ def run_ours(args, settings) -> dict[str, Any]:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[Timing()],
+        # ReleaseMemory as asr-lightning fit adds it, before Timing measures the epoch's memory
+        callbacks=[ReleaseMemory(), Timing()],
         default_root_dir=str(args.work_dir / "ours"),
     )
     trainer.fit(module, datamodule=dm)
@@ -439,6 +460,8 @@ def run_ours(args, settings) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- driver
 def child(args: argparse.Namespace) -> None:
     settings = load_settings(args.config)
+    if args.seed is not None:
+        settings["seed"] = args.seed
     torch.set_num_threads(args.threads or torch.get_num_threads())
     run = run_baseline if args.system == "baseline" else run_ours
     result = {
@@ -464,6 +487,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         ("peak RSS main MB", "peak_rss_mb", "{:.0f}"),
         ("peak PSS main+workers MB", "peak_tree_pss_mb", "{:.0f}"),
         ("RSS main+workers (shared pages counted twice), epoch 1 -> last, MB", None, None),
+        ("RSS main, epoch 2 -> last, MB", "epoch_main_rss_mb", None),
+        ("PSS main+workers, epoch 2 -> last, MB", "epoch_tree_pss_mb", None),
         ("test WER", "wer", "{:.3f}"),
         ("test CER", "cer", "{:.3f}"),
     ]
@@ -475,6 +500,9 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             r = results[name]
             if key is None and label.startswith("data wait s /"):
                 cells.append(f"{r['data_s']:.1f} / {r['compute_s']:.1f}")
+            elif fmt is None and key is not None:  # per-epoch memory: epoch 2 (warm) -> last
+                series = r.get(key) or [float("nan")]
+                cells.append(f"{series[min(1, len(series) - 1)]:.0f} -> {series[-1]:.0f}")
             elif key is None:
                 rss = r["epoch_tree_rss_mb"]
                 cells.append(f"{rss[0]:.0f} -> {rss[-1]:.0f}")
@@ -497,6 +525,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="run both systems once per seed (default: the config's)",
+    )
     args = parser.parse_args(argv)
     if not args.config.exists():  # the AN4 config is optional: the quickstart model then
         args.config = REPO / "configs" / "quickstart.yaml"
@@ -504,24 +539,75 @@ def main(argv: list[str] | None = None) -> None:
     if args.system:
         return child(args)
     print(f"load average before: {os.getloadavg()}", flush=True)
-    results = {}
-    for system in args.systems:
-        out = args.work_dir / f"{system}.json"
-        cmd = [sys.executable, __file__, *(argv or sys.argv[1:]), "--system", system]
-        print(f"== {system}: {' '.join(cmd[1:])}", flush=True)
-        subprocess.run([*cmd, "--result", str(out)], check=True)
-        results[system] = json.loads(out.read_text())
-    print(f"load average after: {os.getloadavg()}")
-    print(f"config: {args.config}, {args.epochs} epochs, workers {args.workers}")
-    for name, r in results.items():
-        print(f"{name}: effective batch {r['effective_batch']}, torch threads {r['torch_threads']}")
-    print(table(results))
-    if len(results) == 2:
-        base, ours = results["baseline"], results["ours"]
+    seeds = args.seeds or [None]
+    passed = [a for a in (argv or sys.argv[1:])]
+    if "--seeds" in passed:  # each child gets one --seed instead
+        i = passed.index("--seeds")
+        j = i + 1
+        while j < len(passed) and not passed[j].startswith("--"):
+            j += 1
+        passed = passed[:i] + passed[j:]
+    runs: list[dict[str, dict]] = []
+    for seed in seeds:
+        results = {}
+        seed_args = [] if seed is None else ["--seed", str(seed)]
+        for system in args.systems:
+            name = system if seed is None else f"{system}.seed{seed}"
+            out = args.work_dir / f"{name}.json"
+            cmd = [sys.executable, __file__, *passed, *seed_args, "--system", system]
+            print(f"== {system}: {' '.join(cmd[1:])}", flush=True)
+            subprocess.run([*cmd, "--result", str(out)], check=True)
+            results[system] = json.loads(out.read_text())
+        runs.append(results)
+        print(f"load average after: {os.getloadavg()}")
         print(
-            f"ratio ours/baseline: {ours['audio_s_per_s'] / base['audio_s_per_s']:.2f}x audio s/s,"
-            f" WER {ours['wer']:.3f} vs {base['wer']:.3f}"
+            f"config: {args.config}, {args.epochs} epochs, workers {args.workers}, seed "
+            f"{results[args.systems[0]]['settings']['seed']}"
         )
+        for name, r in results.items():
+            print(
+                f"{name}: effective batch {r['effective_batch']}, "
+                f"torch threads {r['torch_threads']}"
+            )
+        print(table(results))
+        if len(results) == 2:
+            base, ours = results["baseline"], results["ours"]
+            print(
+                f"ratio ours/baseline: "
+                f"{ours['audio_s_per_s'] / base['audio_s_per_s']:.2f}x audio s/s,"
+                f" WER {ours['wer']:.3f} vs {base['wer']:.3f}"
+            )
+    if len(runs) > 1:
+        print(summary(runs))
+
+
+def summary(runs: list[dict[str, dict]]) -> str:
+    """Mean (min-max) over seeds of speed, WER and CER per system, and the speed ratio."""
+    lines = [
+        f"over {len(runs)} seeds: mean (min - max)",
+        "| | " + " | ".join(runs[0]) + " |",
+        "|---" * (len(runs[0]) + 1) + "|",
+    ]
+    for key, label, fmt in (
+        ("audio_s_per_s", "audio s trained / wall s", "{:.1f}"),
+        ("wer", "test WER", "{:.3f}"),
+        ("cer", "test CER", "{:.3f}"),
+    ):
+        cells = []
+        for system in runs[0]:
+            values = [run[system][key] for run in runs]
+            cells.append(
+                f"{fmt.format(np.mean(values))} ({fmt.format(min(values))} - "
+                f"{fmt.format(max(values))})"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if all(len(run) == 2 for run in runs):
+        ratios = [r["ours"]["audio_s_per_s"] / r["baseline"]["audio_s_per_s"] for r in runs]
+        lines.append(
+            f"ratio ours/baseline audio s/s: {np.mean(ratios):.2f}x "
+            f"({min(ratios):.2f} - {max(ratios):.2f})"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
