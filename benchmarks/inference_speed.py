@@ -28,11 +28,13 @@ from asr_lightning.audio.decode import load_audio
 from asr_lightning.decoding.beam import BeamSearchDecoder
 from asr_lightning.export.onnx import INT8_FILE, ONNX_FILE, export_onnx, quantize_int8
 from asr_lightning.inference.chunking import ChunkOptions
-from asr_lightning.inference.models import extract_features
 from asr_lightning.inference.transcriber import Transcriber
 from asr_lightning.text.normalize import TextNormalizer
 
 WARMUP_CLIPS = 4
+#: LM weight and word bonus grid searched on the held-out manifest (``--tune-manifest``).
+TUNE_ALPHAS = (0.3, 0.5, 0.8, 1.2)
+TUNE_BETAS = (0.0, 1.0, 2.0, 3.0)
 #: INT8 variant that also quantizes the convolutions, to show why the default does not.
 INT8_CONV_FILE = "model.int8-matmul-conv.onnx"
 
@@ -46,45 +48,77 @@ def _model_seconds(transcriber: Transcriber, audios: list[np.ndarray], batch_siz
     """Time of the backend alone over length-sorted batches (features computed beforehand)."""
     order = sorted(range(len(audios)), key=lambda i: audios[i].size, reverse=True)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    features = [
-        extract_features(transcriber.feature_extractor, [audios[i] for i in b]) for b in batches
-    ]
+    features = [transcriber.featurize([audios[i] for i in b]) for b in batches]
     start = time.perf_counter()
     for batch in features:
         transcriber.backend(batch["inputs"], batch["attention_mask"])
     return time.perf_counter() - start
 
 
-def _run(name: str, transcriber: Transcriber, audios, references, batch_size: int) -> dict:
-    transcriber.transcribe_arrays(audios[:WARMUP_CLIPS])
+def _measure(transcriber: Transcriber, audios, batch_size: int) -> tuple[float, float, list]:
+    """Seconds of one full transcription, seconds of the model alone, and the texts."""
     start = time.perf_counter()
     results = transcriber.transcribe_arrays(audios)
     seconds = time.perf_counter() - start
-    model_seconds = _model_seconds(transcriber, audios, batch_size)
+    return seconds, _model_seconds(transcriber, audios, batch_size), [r.text for r in results]
+
+
+def _rows(runtimes: dict[str, tuple[Transcriber, int]], audios, references, repeats: int):
+    """Median timings of every runtime over ``repeats`` rounds, the runtimes interleaved."""
+    for transcriber, _ in runtimes.values():
+        transcriber.transcribe_arrays(audios[:WARMUP_CLIPS])
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in runtimes}
+    texts: dict[str, list[str]] = {}
+    for _ in range(repeats):
+        for name, (transcriber, threads) in runtimes.items():
+            torch.set_num_threads(threads)
+            seconds, model_seconds, texts[name] = _measure(
+                transcriber, audios, transcriber.batch_size
+            )
+            timings[name].append((seconds, model_seconds))
     audio_seconds = sum(a.size for a in audios) / 16_000
-    texts = [r.text for r in results]
-    row = {
-        "runtime": name,
-        "rtf": seconds / audio_seconds,
-        "model_rtf": model_seconds / audio_seconds,
-        "wer": _wer(references, texts),
-        "seconds": seconds,
-        "audio_seconds": audio_seconds,
-    }
-    print(f"{name}: RTF {row['rtf']:.4f} (model {row['model_rtf']:.4f}), WER {row['wer']:.2f}")
-    return row | {"texts": texts}
+    rows = []
+    for name, runs in timings.items():
+        seconds = float(np.median([r[0] for r in runs]))
+        model_seconds = float(np.median([r[1] for r in runs]))
+        row = {
+            "runtime": name,
+            "rtf": seconds / audio_seconds,
+            "model_rtf": model_seconds / audio_seconds,
+            "wer": _wer(references, texts[name]),
+            "seconds": seconds,
+            "audio_seconds": audio_seconds,
+            "rtf_runs": [r[0] / audio_seconds for r in runs],
+            "texts": texts[name],
+        }
+        print(f"{name}: RTF {row['rtf']:.5f} (model {row['model_rtf']:.5f}), WER {row['wer']:.2f}")
+        rows.append(row)
+    return rows
 
 
-def _lm_rows(transcriber: Transcriber, audios, references, lm: str, beam: int, alpha, beta):
-    """WER of greedy, beam without LM and beam with LM over the same logits."""
+def _lm_rows(
+    transcriber: Transcriber,
+    audios,
+    references,
+    lm: str,
+    beam: int,
+    alpha,
+    beta,
+    with_plain_beam: bool = True,
+):
+    """WER of beam search without (optionally) and with the LM over the same logits."""
     decoders = {
-        f"beam {beam}": BeamSearchDecoder.from_tokenizer(
-            transcriber.tokenizer, transcriber.blank_id, beam_width=beam
-        ),
         f"beam {beam} + LM (alpha {alpha}, beta {beta})": BeamSearchDecoder.from_tokenizer(
             transcriber.tokenizer, transcriber.blank_id, lm, beam_width=beam, alpha=alpha, beta=beta
         ),
     }
+    if with_plain_beam:
+        decoders = {
+            f"beam {beam}": BeamSearchDecoder.from_tokenizer(
+                transcriber.tokenizer, transcriber.blank_id, beam_width=beam
+            ),
+            **decoders,
+        }
     rows = []
     for name, decoder in decoders.items():
         transcriber.decoder = decoder
@@ -100,6 +134,38 @@ def _lm_rows(transcriber: Transcriber, audios, references, lm: str, beam: int, a
         print(f"{name}: WER {rows[-1]['wer']:.2f} ({rows[-1]['seconds']:.1f} s)")
     transcriber.decoder = None
     return rows
+
+
+def _tune_lm(transcriber: Transcriber, manifest: Path, lm: str, beam: int) -> dict:
+    """The (alpha, beta) of the grid with the lowest WER on a held-out manifest (not the test)."""
+    audios, references = _read(manifest, transcriber)
+    best: dict = {}
+    for alpha in TUNE_ALPHAS:
+        for beta in TUNE_BETAS:
+            transcriber.decoder = BeamSearchDecoder.from_tokenizer(
+                transcriber.tokenizer,
+                transcriber.blank_id,
+                lm,
+                beam_width=beam,
+                alpha=alpha,
+                beta=beta,
+            )
+            wer = _wer(references, [r.text for r in transcriber.transcribe_arrays(audios)])
+            if not best or wer < best["dev_wer"]:
+                best = {"alpha": alpha, "beta": beta, "dev_wer": wer}
+    transcriber.decoder = None
+    best["dev_wer_greedy"] = _wer(
+        references, [r.text for r in transcriber.transcribe_arrays(audios)]
+    )
+    best["manifest"] = str(manifest)
+    print(f"LM weights tuned on {manifest}: {best}")
+    return best
+
+
+def _read(manifest: Path, transcriber: Transcriber) -> tuple[list[np.ndarray], list[str]]:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    normalize = TextNormalizer.from_tokenizer(transcriber.tokenizer)
+    return [load_audio(row["audio_filepath"]) for row in rows], [normalize(r["text"]) for r in rows]
 
 
 def _long_audio_row(transcriber: Transcriber, audios, references, seconds: float) -> dict:
@@ -128,12 +194,9 @@ def _long_audio_row(transcriber: Transcriber, audios, references, seconds: float
 
 def _runtimes(args, torch_transcriber: Transcriber, audios, references) -> list[dict]:
     """PyTorch eager (its default threads and one thread), then each ONNX file."""
-    results = [_run("PyTorch eager", torch_transcriber, audios, references, args.batch_size)]
+    runtimes = {"PyTorch eager": (torch_transcriber, args.threads)}
     if args.threads > 1:  # on a busy CPU, OpenMP threads can cost more than they bring
-        torch.set_num_threads(1)
-        name = "PyTorch eager (1 thread)"
-        results.append(_run(name, torch_transcriber, audios, references, args.batch_size))
-        torch.set_num_threads(args.threads)
+        runtimes["PyTorch eager (1 thread)"] = (torch_transcriber, 1)
     variants = (
         ("onnxruntime fp32", ONNX_FILE),
         ("onnxruntime int8", INT8_FILE),
@@ -147,8 +210,10 @@ def _runtimes(args, torch_transcriber: Transcriber, audios, references) -> list[
             num_threads=args.threads,
             batch_size=args.batch_size,
         )
-        results.append(_run(name, transcriber, audios, references, args.batch_size))
-    return results
+        runtimes[name] = (transcriber, args.threads)
+    rows = _rows(runtimes, audios, references, args.repeats)
+    torch.set_num_threads(args.threads)
+    return rows
 
 
 def main() -> int:
@@ -158,10 +223,17 @@ def main() -> int:
     parser.add_argument("--onnx-dir", type=Path, required=True, help="ONNX folder (made if absent)")
     parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--lm", default=None, help="ARPA word LM for the beam search rows")
     parser.add_argument("--beam-width", type=int, default=32)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument(
+        "--tune-manifest",
+        type=Path,
+        default=None,
+        help="held-out manifest (not the test) to choose alpha/beta on from a small grid",
+    )
     parser.add_argument("--long-s", type=float, default=120.0, help="long-audio check length")
     parser.add_argument("--result", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
@@ -211,6 +283,19 @@ def main() -> int:
         output["decoding"] = [{"decoding": "greedy", "wer": greedy}] + _lm_rows(
             fp32, audios, references, args.lm, args.beam_width, args.alpha, args.beta
         )
+        if args.tune_manifest:
+            tuned = _tune_lm(fp32, args.tune_manifest, args.lm, args.beam_width)
+            output["lm_tuning"] = tuned
+            output["decoding"] += _lm_rows(
+                fp32,
+                audios,
+                references,
+                args.lm,
+                args.beam_width,
+                tuned["alpha"],
+                tuned["beta"],
+                with_plain_beam=False,
+            )
     print(json.dumps(output, indent=2))
     if args.result:
         args.result.write_text(json.dumps(output, indent=2) + "\n")
