@@ -183,6 +183,8 @@ class ASRLightningCLI(LightningCLI):
             "model.config_overrides", "data.model_config_overrides", apply_on="parse"
         )
         parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
+        # the level normalization training applies travels with the model to inference
+        parser.link_arguments("data.level", "model.input_level", apply_on="parse")
 
     def before_instantiate_classes(self) -> None:
         """Resolve ``--ckpt_path last`` (``fit``: in the same log folder) and ``best``."""

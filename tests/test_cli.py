@@ -111,9 +111,17 @@ def test_the_hf_folder_loads_in_transformers_transcribes_and_fine_tunes_again(fi
     again = ["--model.model_name_or_path", str(folder), "--model.model_type", "null"]
     again += ["--model.config_overrides", "null", "--trainer.max_steps", "2"]
     again += ["--trainer.val_check_interval", "2", "--trainer.logger.init_args.name", "again"]
+    again += ["--data.level", "rms"]
     assert main(["fit", "--config", str(config), *again]) == 0
-    runs = config.parent / "runs" / "again"
-    assert (runs / "version_0" / "hf_model" / "model.safetensors").is_file()
+    hf_model = config.parent / "runs" / "again" / "version_0" / "hf_model"
+    assert (hf_model / "model.safetensors").is_file()
+    # the data's level normalization is saved with the model, for transcribe/serve/export
+    saved = json.loads((hf_model / "preprocessor_config.json").read_text())
+    assert saved["asr_lightning_level"] == "rms"
+    assert (
+        json.loads((folder / "preprocessor_config.json").read_text())["asr_lightning_level"]
+        == "none"
+    )
 
 
 def test_print_config_is_yaml_naming_the_sources_of_linked_values(fitted, capsys, tmp_path):

@@ -29,6 +29,7 @@ from asr_lightning.inference.models import (
     CTCLogits,
     LoadedModel,
     extract_features,
+    input_level,
     load_model,
     samples_per_frame,
 )
@@ -200,6 +201,7 @@ def save_processor(loaded: LoadedModel, out: Path, opset: int, source: str) -> d
         "sampling_rate": int(getattr(loaded.feature_extractor, "sampling_rate", SAMPLE_RATE)),
         "model_input_name": input_name,
         "feature_type": "waveform" if input_name == "input_values" else "log-mel",
+        "level": input_level(loaded.feature_extractor),
         "samples_per_frame": samples_per_frame(loaded.model, loaded.feature_extractor),
         "blank_id": int(loaded.model.config.pad_token_id),
         "vocabulary": [token for token, _ in sorted(vocab.items(), key=lambda kv: kv[1])],

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from asr_lightning.audio.augment import LEVEL_MODES, LevelMode
 from asr_lightning.audio.decode import SAMPLE_RATE
 from asr_lightning.errors import ModelError
 from asr_lightning.model.ctc import output_lengths, uses_attention_mask
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SUFFIX = ".ckpt"
 #: Two audio lengths (seconds) whose output frame counts give the frame rate exactly.
 _RATE_PROBE_S = (10, 20)
+#: Feature extractor attribute (saved in ``preprocessor_config.json``) naming the level
+#: normalization training applied before the features (``data.level``), so inference applies it.
+LEVEL_ATTRIBUTE = "asr_lightning_level"
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,17 @@ def extract_features(feature_extractor: Any, audios: list[np.ndarray]) -> dict[s
     else:
         mask = np.asarray(features["attention_mask"], dtype=np.int64)
     return {"inputs": inputs, "attention_mask": mask}
+
+
+def input_level(feature_extractor: Any) -> LevelMode:
+    """The level normalization a model was trained with (``"none"`` for other models)."""
+    level = getattr(feature_extractor, LEVEL_ATTRIBUTE, "none")
+    if level not in LEVEL_MODES:
+        raise ModelError(
+            f"the feature extractor's {LEVEL_ATTRIBUTE} is {level!r}, not one of {LEVEL_MODES}: "
+            "fix preprocessor_config.json"
+        )
+    return level
 
 
 def samples_per_frame(model: Any, feature_extractor: Any) -> int:

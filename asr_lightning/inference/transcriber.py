@@ -23,13 +23,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from asr_lightning.audio.augment import normalize_level
 from asr_lightning.audio.decode import SAMPLE_RATE, AudioSource, load_audio
 from asr_lightning.decoding.greedy import GreedyHypothesis, greedy_decode_with_frames, ids_to_text
 from asr_lightning.errors import AsrLightningError, ModelError
 from asr_lightning.inference.backends import Backend, OnnxBackend, TorchBackend
 from asr_lightning.inference.chunking import Chunk, ChunkOptions, plan_chunks, stitch
 from asr_lightning.inference.frontend import feature_function
-from asr_lightning.inference.models import load_model, samples_per_frame
+from asr_lightning.inference.models import input_level, load_model, samples_per_frame
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Transcriber:
         self.backend = backend
         self.feature_extractor = feature_extractor
         self.featurize = feature_function(feature_extractor)
+        self.level = input_level(feature_extractor)  # as training normalized every clip
         self.tokenizer = tokenizer
         self.samples_per_frame = samples_per_frame
         self.blank_id = blank_id
@@ -231,6 +233,7 @@ class Transcriber:
         for item in items:
             if item.audio is None or item.audio.size < MIN_AUDIO_S * self.sample_rate:
                 continue
+            item.audio = normalize_level(item.audio, self.level)
             item.chunks = plan_chunks(
                 item.audio.size, self.samples_per_frame, self.chunking, self.sample_rate
             )

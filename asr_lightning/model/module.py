@@ -19,9 +19,11 @@ import lightning
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from asr_lightning.audio.augment import LevelMode
 from asr_lightning.audio.decode import SAMPLE_RATE
 from asr_lightning.decoding.greedy import greedy_decode, ids_to_text
 from asr_lightning.errors import ConfigError
+from asr_lightning.inference.models import LEVEL_ATTRIBUTE
 from asr_lightning.model import factory
 from asr_lightning.model.ctc import ctc_loss, output_lengths, uses_attention_mask
 from asr_lightning.model.factory import ScratchModelType
@@ -58,6 +60,7 @@ class CTCModule(lightning.LightningModule):
         model_type: ScratchModelType | None = None,
         config_overrides: dict[str, Any] | None = None,
         vocab: dict[str, int] | None = None,
+        input_level: LevelMode = "none",
         freeze_feature_encoder: bool | None = None,
         gradient_checkpointing: bool = False,
         mask_time_prob: float | None = None,
@@ -86,6 +89,9 @@ class CTCModule(lightning.LightningModule):
             vocab: The data's vocabulary (token -> id, ``<pad>`` = CTC blank), linked from the
                 datamodule. Required from scratch; with a checkpoint whose tokenizer disagrees
                 with it, the CTC head is replaced by a new one for this vocabulary.
+            input_level: The level normalization the data applies to every clip (linked from
+                ``data.level``). Saved with the feature extractor, so ``transcribe``, ``serve``,
+                the ONNX export and the SageMaker handler normalize their audio the same way.
             freeze_feature_encoder: Freeze the convolutional waveform encoder. ``None``: freeze
                 it when fine-tuning a pretrained wav2vec2-family model, train it otherwise.
             gradient_checkpointing: Recompute activations in backward to save memory.
@@ -159,6 +165,7 @@ class CTCModule(lightning.LightningModule):
                 factory.reset_convolutions(model)
             feature_extractor = factory.scratch_feature_extractor(config)
         self._prepare(model)
+        setattr(feature_extractor, LEVEL_ATTRIBUTE, hp.input_level)
         self.model, self.feature_extractor, self.tokenizer = model, feature_extractor, tokenizer
 
     def _prepare(self, model: Any) -> None:

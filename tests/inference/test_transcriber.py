@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning
@@ -10,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from asr_lightning.audio.augment import normalize_level
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.decoding.beam import BeamSearchDecoder
 from asr_lightning.decoding.greedy import greedy_decode, ids_to_text
@@ -154,3 +156,26 @@ def test_onnx_backend_needs_an_onnx_folder(folders):
     hf, _ = folders
     with pytest.raises(ModelError, match="asr-lightning export"):
         Transcriber.from_pretrained(hf, backend="onnx")
+
+
+def test_the_level_normalization_of_training_is_applied(tmp_path, an4_clips):
+    """A model trained on level-normalized audio hears quiet input at that level, on any runtime."""
+    scratch_module("parakeet_ctc", seed=3, input_level="rms").save_hf(tmp_path / "hf")
+    export_onnx(tmp_path / "hf", tmp_path / "onnx", check_audio=an4_clips[:1])
+    assert json.loads((tmp_path / "onnx" / "asr_lightning.json").read_text())["level"] == "rms"
+    quiet = 0.01 * load_audio(an4_clips[0])
+    for folder in (tmp_path / "hf", tmp_path / "onnx"):
+        transcriber = Transcriber.from_pretrained(folder)
+        assert transcriber.level == "rms"
+        seen: list[np.ndarray] = []
+
+        def recording(inputs, mask, run=transcriber.backend, seen=seen):
+            seen.append(inputs)
+            return run(inputs, mask)
+
+        transcriber.backend = recording
+        transcriber.transcribe_arrays([quiet])
+        expected = transcriber.featurize([normalize_level(quiet, "rms")])["inputs"]
+        np.testing.assert_allclose(seen[0], expected, atol=1e-5)
+        raw = transcriber.featurize([quiet])["inputs"]
+        assert np.abs(raw - expected).max() > 1e-2  # the level matters to what the model sees
