@@ -19,6 +19,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from asr_lightning.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,9 @@ class ReleaseMemory(pl.Callback):
 
     def __init__(self, every_n_batches: int | None = None) -> None:
         if every_n_batches is not None and every_n_batches < 1:
-            raise ValueError(f"every_n_batches must be >= 1 or None, got {every_n_batches}")
+            raise ConfigError(
+                f"release_memory.every_n_batches must be >= 1 or null, got {every_n_batches}"
+            )
         self.every_n_batches = every_n_batches
 
     def on_train_batch_end(

@@ -7,6 +7,7 @@ import platform
 import psutil
 import pytest
 
+from asr_lightning.errors import ConfigError
 from asr_lightning.memory import ReleaseMemory, release_freed_memory
 
 BLOCK = 64 * 1024  # under glibc's mmap threshold: served from the heap, not mmap
@@ -29,5 +30,5 @@ def test_freed_heap_memory_is_returned():
 
 
 def test_callback_rejects_a_bad_interval():
-    with pytest.raises(ValueError, match="every_n_batches"):
+    with pytest.raises(ConfigError, match="every_n_batches"):
         ReleaseMemory(every_n_batches=0)
