@@ -49,17 +49,28 @@ def release_freed_memory() -> bool:
 class ReleaseMemory(pl.Callback):
     """Calls :func:`release_freed_memory` after each training epoch, validation and test.
 
+    The memory given back is faulted in again by the next epoch's first batches: on AN4's
+    15-second CPU epochs that cost about 7 % of the training speed (BENCHMARKS.md); on epochs of
+    minutes or hours it is negligible.
+
     Args:
+        enabled: ``False`` turns the callback off (``--release_memory.enabled false``).
         every_n_batches: also after every N training batches (``None``: only at those ends).
-            The call walks the heap (milliseconds), so a few hundred batches is often enough.
+            Each call makes the next batches fault their memory in again: keep N in the
+            hundreds.
     """
 
-    def __init__(self, every_n_batches: int | None = None) -> None:
+    def __init__(self, enabled: bool = True, every_n_batches: int | None = None) -> None:
         if every_n_batches is not None and every_n_batches < 1:
             raise ConfigError(
                 f"release_memory.every_n_batches must be >= 1 or null, got {every_n_batches}"
             )
+        self.enabled = enabled
         self.every_n_batches = every_n_batches
+
+    def _release(self) -> None:
+        if self.enabled:
+            release_freed_memory()
 
     def on_train_batch_end(
         self,
@@ -70,13 +81,13 @@ class ReleaseMemory(pl.Callback):
         batch_idx: int,
     ) -> None:
         if self.every_n_batches and (batch_idx + 1) % self.every_n_batches == 0:
-            release_freed_memory()
+            self._release()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        release_freed_memory()
+        self._release()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        release_freed_memory()
+        self._release()
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        release_freed_memory()
+        self._release()

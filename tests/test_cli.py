@@ -60,7 +60,7 @@ def test_fit_writes_checkpoints_tensorboard_logs_config_and_hf_model(fitted):
     assert list(run.glob("events.out.tfevents.*"))
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["trainer"]["max_steps"] == 8
-    assert saved["release_memory"] == {"every_n_batches": None}  # on in every run
+    assert saved["release_memory"] == {"enabled": True, "every_n_batches": None}  # every run
     assert (run / "hf_model" / "model.safetensors").is_file()
     for tag in ("train/loss", "val/wer", "val/cer", "val/loss", "lr-AdamW/encoder"):
         assert last_scalar(run, tag) >= 0
