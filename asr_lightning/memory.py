@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 from functools import cache
 from typing import Any
 
 import lightning.pytorch as pl
 
 from asr_lightning.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 @cache
