@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import jiwer
@@ -26,9 +27,11 @@ import torch
 
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.decoding.beam import BeamSearchDecoder
+from asr_lightning.decoding.lm import load_lm
 from asr_lightning.export.onnx import INT8_FILE, ONNX_FILE, export_onnx, quantize_int8
 from asr_lightning.inference.chunking import ChunkOptions
-from asr_lightning.inference.transcriber import Transcriber
+from asr_lightning.inference.models import extract_features
+from asr_lightning.inference.transcriber import FEATURE_THREADS, Transcriber, torch_threads
 from asr_lightning.text.normalize import TextNormalizer
 
 WARMUP_CLIPS = 4
@@ -138,7 +141,7 @@ def _lm_rows(
 
 def _tune_lm(transcriber: Transcriber, manifest: Path, lm: str, beam: int) -> dict:
     """The (alpha, beta) of the grid with the lowest WER on a held-out manifest (not the test)."""
-    audios, references = _read(manifest, transcriber)
+    _, audios, references = _read(manifest, transcriber.tokenizer)
     best: dict = {}
     for alpha in TUNE_ALPHAS:
         for beta in TUNE_BETAS:
@@ -162,10 +165,63 @@ def _tune_lm(transcriber: Transcriber, manifest: Path, lm: str, beam: int) -> di
     return best
 
 
-def _read(manifest: Path, transcriber: Transcriber) -> tuple[list[np.ndarray], list[str]]:
+def _read(manifest: Path, tokenizer) -> tuple[list[str], list[np.ndarray], list[str]]:
+    """Audio paths, decoded clips and references normalized for the model's vocabulary."""
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    normalize = TextNormalizer.from_tokenizer(transcriber.tokenizer)
-    return [load_audio(row["audio_filepath"]) for row in rows], [normalize(r["text"]) for r in rows]
+    normalize = TextNormalizer.from_tokenizer(tokenizer)
+    paths = [row["audio_filepath"] for row in rows]
+    return paths, [load_audio(p) for p in paths], [normalize(row["text"]) for row in rows]
+
+
+def _front_end_row(transcriber: Transcriber, audios, batch_size: int, repeats: int) -> dict:
+    """RTF of the model's Hugging Face feature extractor and of the transcriber's front end."""
+    order = sorted(range(len(audios)), key=lambda i: audios[i].size, reverse=True)
+    batches = [
+        [audios[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)
+    ]
+    audio_seconds = sum(a.size for a in audios) / 16_000
+    functions = {
+        type(transcriber.feature_extractor).__name__: partial(
+            extract_features, transcriber.feature_extractor
+        ),
+        f"transcriber ({type(transcriber.featurize).__name__})": transcriber.featurize,
+    }
+    row = {}
+    with torch_threads(FEATURE_THREADS):
+        for name, function in functions.items():
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for batch in batches:
+                    function(batch)
+                runs.append(time.perf_counter() - start)
+            row[name] = float(np.median(runs)) / audio_seconds
+    print(f"front end RTF: {row}")
+    return row
+
+
+def _binary_lm_row(transcriber: Transcriber, audios, references, arpa: str, binary: str, args):
+    """The same beam search with the ARPA file (our reader) and its KenLM binary (kenlm)."""
+    texts = {}
+    for name, lm in (("arpa", arpa), ("binary", binary)):
+        transcriber.decoder = BeamSearchDecoder.from_tokenizer(
+            transcriber.tokenizer,
+            transcriber.blank_id,
+            lm,
+            beam_width=args.beam_width,
+            alpha=args.alpha,
+            beta=args.beta,
+        )
+        texts[name] = [r.text for r in transcriber.transcribe_arrays(audios)]
+    transcriber.decoder = None
+    row = {
+        "decoder_lm": type(load_lm(binary)).__name__,
+        "wer_arpa": _wer(references, texts["arpa"]),
+        "wer_binary": _wer(references, texts["binary"]),
+        "identical": sum(a == b for a, b in zip(texts["arpa"], texts["binary"], strict=True)),
+    }
+    print(f"KenLM binary vs ARPA: {row}")
+    return row
 
 
 def _long_audio_row(transcriber: Transcriber, audios, references, seconds: float) -> dict:
@@ -234,23 +290,18 @@ def main() -> int:
         default=None,
         help="held-out manifest (not the test) to choose alpha/beta on from a small grid",
     )
+    parser.add_argument(
+        "--kenlm-binary", default=None, help="the --lm file as a KenLM binary: same transcripts?"
+    )
     parser.add_argument("--long-s", type=float, default=120.0, help="long-audio check length")
     parser.add_argument("--result", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
-    audios = [load_audio(row["audio_filepath"]) for row in rows]
     torch_transcriber = Transcriber.from_pretrained(args.model, batch_size=args.batch_size)
-    normalize = TextNormalizer.from_tokenizer(torch_transcriber.tokenizer)
-    references = [normalize(row["text"]) for row in rows]
+    paths, audios, references = _read(args.manifest, torch_transcriber.tokenizer)
     if not (args.onnx_dir / INT8_FILE).is_file():
-        report = export_onnx(
-            args.model,
-            args.onnx_dir,
-            quantize="int8",
-            check_audio=[row["audio_filepath"] for row in rows[:16]],
-        )
+        report = export_onnx(args.model, args.onnx_dir, quantize="int8", check_audio=paths[:16])
         print(report.render())
     if not (args.onnx_dir / INT8_CONV_FILE).is_file():
         quantize_int8(args.onnx_dir / ONNX_FILE, args.onnx_dir / INT8_CONV_FILE, ("MatMul", "Conv"))
@@ -274,6 +325,7 @@ def main() -> int:
         "load_average": load,
         "runtimes": results,
     }
+    output["front_end"] = _front_end_row(torch_transcriber, audios, args.batch_size, args.repeats)
     output["long_audio"] = _long_audio_row(torch_transcriber, audios, references, args.long_s)
     if args.lm:
         fp32 = Transcriber.from_pretrained(
@@ -283,6 +335,10 @@ def main() -> int:
         output["decoding"] = [{"decoding": "greedy", "wer": greedy}] + _lm_rows(
             fp32, audios, references, args.lm, args.beam_width, args.alpha, args.beta
         )
+        if args.kenlm_binary:
+            output["kenlm_binary"] = _binary_lm_row(
+                fp32, audios, references, args.lm, args.kenlm_binary, args
+            )
         if args.tune_manifest:
             tuned = _tune_lm(fp32, args.tune_manifest, args.lm, args.beam_width)
             output["lm_tuning"] = tuned

@@ -82,9 +82,9 @@ class Meter:
 
     def epoch_end(self) -> None:
         self.epoch_s.append(time.perf_counter() - self._epoch_start)
-        self.epoch_rss_mb.append(tree_rss_mb())
+        self.epoch_rss_mb.append(tree_memory_mb("rss"))
         self.epoch_main_rss_mb.append(main_rss_mb())
-        self.epoch_pss_mb.append(tree_pss_mb())
+        self.epoch_pss_mb.append(tree_memory_mb("pss"))
         print(
             f"  epoch {len(self.epoch_s)}: {self.epoch_s[-1]:.1f} s, {len(self.compute_s)} steps, "
             f"load {os.getloadavg()[0]:.1f}",
@@ -114,15 +114,16 @@ class Meter:
         }
 
 
-def tree_rss_mb() -> float:
-    """Resident memory of this process and its children (workers), in MB."""
+def tree_memory_mb(kind: str = "rss") -> float:
+    """``rss`` or ``pss`` of this process and its children (workers) together, in MB."""
     import psutil
 
     me = psutil.Process()
-    total = me.memory_info().rss
-    for child in me.children(recursive=True):
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
         try:
-            total += child.memory_info().rss
+            info = proc.memory_info() if kind == "rss" else proc.memory_full_info()
+            total += getattr(info, kind)
         except psutil.Error:
             pass
     return total / 1e6
@@ -133,20 +134,6 @@ def main_rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 1e6
-
-
-def tree_pss_mb() -> float:
-    """Proportional set size of this process and its children (workers), in MB."""
-    import psutil
-
-    me = psutil.Process()
-    total = 0
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            total += proc.memory_full_info().pss
-        except psutil.Error:
-            pass
-    return total / 1e6
 
 
 class PssSampler:
@@ -168,7 +155,7 @@ class PssSampler:
 
     def _run(self) -> None:
         while True:
-            self.peak_mb = max(self.peak_mb, tree_pss_mb())
+            self.peak_mb = max(self.peak_mb, tree_memory_mb("pss"))
             time.sleep(self.interval_s)
 
 
@@ -444,7 +431,7 @@ def run_ours(args, settings) -> dict[str, Any]:
         num_sanity_val_steps=0,
         limit_val_batches=0,
         # ReleaseMemory as asr-lightning fit adds it, before Timing measures the epoch's memory
-        callbacks=[ReleaseMemory(), Timing()],
+        callbacks=[ReleaseMemory(enabled=not args.no_release_memory), Timing()],
         default_root_dir=str(args.work_dir / "ours"),
     )
     trainer.fit(module, datamodule=dm)
@@ -522,6 +509,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (both)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--no-cache", action="store_true", help="ours without cache_audio")
+    parser.add_argument(
+        "--no-release-memory", action="store_true", help="ours without the ReleaseMemory callback"
+    )
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -540,13 +530,7 @@ def main(argv: list[str] | None = None) -> None:
         return child(args)
     print(f"load average before: {os.getloadavg()}", flush=True)
     seeds = args.seeds or [None]
-    passed = [a for a in (argv or sys.argv[1:])]
-    if "--seeds" in passed:  # each child gets one --seed instead
-        i = passed.index("--seeds")
-        j = i + 1
-        while j < len(passed) and not passed[j].startswith("--"):
-            j += 1
-        passed = passed[:i] + passed[j:]
+    passed = argv or sys.argv[1:]  # a child runs one system and seed, and ignores --seeds
     runs: list[dict[str, dict]] = []
     for seed in seeds:
         results = {}

@@ -2,8 +2,9 @@
 
 ``ParakeetFeatureExtractor.__call__`` converts every clip to a tensor, pads through the generic
 ``SequenceFeatureExtractor.pad`` and builds a ``BatchFeature`` twice; on short clips this
-bookkeeping costs several times the STFT itself (on AN4 test clips, 2 ms of its ~2.5 ms per
-clip). :class:`LogMelFrontEnd` computes the same features (pre-emphasis, centred STFT with a
+bookkeeping costs more than the STFT itself, and it squares the spectrum's magnitude through a
+strided sum. On the AN4 test clips one at a time it takes about twice the time of
+:class:`LogMelFrontEnd` (``benchmarks/inference_speed.py`` prints both). This class computes the same features (pre-emphasis, centred STFT with a
 symmetric Hann window, power spectrum, Slaney mel filter bank, log, per-utterance mean/variance
 normalisation over the valid frames) straight from a padded numpy batch. Training keeps the
 Hugging Face extractor; a test holds the two to the same numbers.

@@ -248,7 +248,7 @@ class Transcriber:
         """Logits of a batch of windows; a failing batch is retried one window at a time."""
         audios = [item.audio[item.chunks[i].start : item.chunks[i].end] for item, i in segments]
         try:
-            with _torch_threads(FEATURE_THREADS):
+            with torch_threads(FEATURE_THREADS):
                 features = self.featurize(audios)
             logits, lengths = self.backend(features["inputs"], features["attention_mask"])
         except Exception as err:  # a runtime error in one row must not lose the others
@@ -317,7 +317,7 @@ def _word_spans(
 
 
 @contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(min(count, previous))
     try:
