@@ -81,7 +81,10 @@ def normalize_level(
     default = DEFAULT_PEAK_DBFS if mode == "peak" else DEFAULT_RMS_DBFS
     gain = _db_to_amplitude(default if target_db is None else target_db) / level
     gain = min(gain, 1.0 / peak)
-    return _finite_clipped(samples * gain)
+    if not np.isfinite(peak):  # NaN or inf samples (a finite peak means finite samples)
+        return _finite_clipped(samples * gain)
+    scaled = samples * np.float32(gain)
+    return np.clip(scaled, -1.0, 1.0, out=scaled)
 
 
 def add_noise(samples: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -62,28 +63,30 @@ def greedy_decode_with_frames(
         output frame (e.g. 320 for wav2vec2) to get sample offsets.
     """
     _check_shapes(logits, output_lengths)
-    best = logits.detach().argmax(dim=-1).cpu()  # (B, T)
+    best = logits.detach().argmax(dim=-1).cpu().numpy()  # (B, T)
     lengths = output_lengths.detach().cpu().tolist()
-    hypotheses = []
-    for row, length in zip(best, lengths, strict=True):
-        path = row[:length]  # (T_i,) frames past the true length are padding
-        if path.numel() == 0:
-            hypotheses.append(GreedyHypothesis(ids=[], start_frames=[], end_frames=[]))
-            continue
-        run_start = torch.ones_like(path, dtype=torch.bool)
-        run_start[1:] = path[1:] != path[:-1]
-        starts = run_start.nonzero().squeeze(1)  # (R,) first frame of each run
-        ends = torch.cat([starts[1:], torch.tensor([path.numel()])])
-        tokens = path[starts]
-        keep = tokens != blank_id
-        hypotheses.append(
-            GreedyHypothesis(
-                ids=tokens[keep].tolist(),
-                start_frames=starts[keep].tolist(),
-                end_frames=ends[keep].tolist(),
-            )
-        )
-    return hypotheses
+    return [collapse_path(row[:length], blank_id) for row, length in zip(best, lengths, strict=True)]
+
+
+def greedy_path(logits: np.ndarray, blank_id: int) -> GreedyHypothesis:
+    """:func:`greedy_decode_with_frames` of one clip's ``(T, V)`` numpy logits (all valid)."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (frames, vocab), got {logits.shape}")
+    return collapse_path(logits.argmax(axis=-1), blank_id)
+
+
+def collapse_path(path: np.ndarray, blank_id: int) -> GreedyHypothesis:
+    """Collapse repeats and drop blanks of a ``(T,)`` best path, keeping each run's frames."""
+    if path.size == 0:
+        return GreedyHypothesis(ids=[], start_frames=[], end_frames=[])
+    starts = np.flatnonzero(np.diff(path, prepend=path[0] - 1))  # (R,) first frame of each run
+    ends = np.append(starts[1:], path.size)
+    keep = path[starts] != blank_id
+    return GreedyHypothesis(
+        ids=path[starts[keep]].tolist(),
+        start_frames=starts[keep].tolist(),
+        end_frames=ends[keep].tolist(),
+    )
 
 
 def greedy_decode(

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.sparse import csr_matrix
 
 from asr_lightning.inference.models import extract_features
 
@@ -56,53 +58,46 @@ class LogMelFrontEnd:
         """
         self.n_fft = int(feature_extractor.n_fft)
         self.hop = int(feature_extractor.hop_length)
-        self.win_length = int(feature_extractor.win_length)
-        self.preemphasis = float(feature_extractor.preemphasis or 0.0)
-        self.window = torch.hann_window(self.win_length, periodic=False)
-        self.mel = torch.as_tensor(np.asarray(feature_extractor.mel_filters, dtype=np.float32))
+        win_length = int(feature_extractor.win_length)
+        self.preemphasis = np.float32(feature_extractor.preemphasis or 0.0)
+        # torch.stft's window: a symmetric Hann window, zero-padded to n_fft around its centre
+        self.window = np.zeros(self.n_fft, dtype=np.float32)
+        offset = (self.n_fft - win_length) // 2
+        hann = torch.hann_window(win_length, periodic=False, dtype=torch.float32).numpy()
+        self.window[offset : offset + win_length] = hann
+        self.mel = csr_matrix(np.asarray(feature_extractor.mel_filters, dtype=np.float32))
 
     def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         lengths = np.array([audio.size for audio in audios], dtype=np.int64)
-        padded = np.zeros((len(audios), int(lengths.max(initial=1))), dtype=np.float32)
+        frames = int(lengths.max(initial=1)) // self.hop + 1
+        half = self.n_fft // 2  # the centred STFT's zero padding on both sides
+        padded = np.zeros((len(audios), half + int(lengths.max(initial=1)) + half), np.float32)
         for row, audio in enumerate(audios):
-            padded[row, : audio.size] = audio
-        with torch.inference_mode():
-            features, mask = self.features(torch.from_numpy(padded), torch.from_numpy(lengths))
-        return {"inputs": features.numpy(), "attention_mask": mask.numpy()}
-
-    def features(
-        self, audio: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            audio: ``(B, S)`` float32 samples, zero-padded.
-            lengths: ``(B,)`` int64 true sample counts.
-
-        Returns:
-            ``(B, T, F)`` normalised log-mel frames (zero on padding) and the ``(B, T)`` int64
-            mask of valid frames, ``T = S // hop + 1``.
-        """
-        if self.preemphasis:
-            emphasised = audio[:, 1:] - self.preemphasis * audio[:, :-1]
-            audio = torch.cat([audio[:, :1], emphasised], dim=1)
-            audio = audio * (torch.arange(audio.shape[1])[None, :] < lengths[:, None])
-        spectrum = torch.stft(
-            audio,
-            self.n_fft,
-            hop_length=self.hop,
-            win_length=self.win_length,
-            window=self.window,
-            return_complex=True,
-            pad_mode="constant",
-        )
-        power = spectrum.real.square() + spectrum.imag.square()  # (B, bins, T)
-        log_mel = torch.log(torch.matmul(self.mel, power) + LOG_ZERO_GUARD)  # (B, F, T)
-        frames = torch.div(lengths, self.hop, rounding_mode="floor")  # valid frames per row
-        valid = torch.arange(log_mel.shape[-1])[None, :] < frames[:, None]  # (B, T)
-        weight = valid.unsqueeze(1).to(log_mel.dtype)  # (B, 1, T)
-        count = frames.to(log_mel.dtype)[:, None, None]
-        mean = (log_mel * weight).sum(-1, keepdim=True) / count
+            self._emphasise(np.asarray(audio, dtype=np.float32), padded[row, half:])
+        windows = sliding_window_view(padded, self.n_fft, axis=1)[:, :: self.hop][:, :frames]
+        with torch.inference_mode():  # torch's FFT is ~3x numpy's here
+            spectrum = torch.fft.rfft(torch.from_numpy(windows * self.window)).numpy()
+        power = np.square(spectrum.real) + np.square(spectrum.imag)  # (B, T, bins)
+        # A sparse product (each bin feeds at most two filters): ~3x fewer operations than a
+        # dense GEMM, and no OpenBLAS threads left spinning beside the model's.
+        mel = (self.mel @ power.reshape(-1, power.shape[-1]).T).T.reshape(len(audios), frames, -1)
+        log_mel = np.log(mel + np.float32(LOG_ZERO_GUARD))  # (B, T, F)
+        valid_frames = lengths // self.hop
+        valid = np.arange(frames)[None, :] < valid_frames[:, None]  # (B, T)
+        weight = valid[:, :, None].astype(np.float32)
+        count = valid_frames.astype(np.float32)[:, None, None]
+        mean = (log_mel * weight).sum(axis=1, keepdims=True) / count
         centred = (log_mel - mean) * weight
-        std = torch.sqrt(centred.square().sum(-1, keepdim=True) / (count - 1))
-        features = (centred / (std + STD_EPSILON)).transpose(1, 2).contiguous()  # (B, T, F)
-        return features, valid.to(torch.int64)
+        std = np.sqrt(np.square(centred).sum(axis=1, keepdims=True) / (count - 1))
+        features = np.ascontiguousarray(centred / (std + np.float32(STD_EPSILON)))
+        return {"inputs": features, "attention_mask": valid.astype(np.int64)}
+
+    def _emphasise(self, audio: np.ndarray, out: np.ndarray) -> None:
+        """``out[:n] = audio`` with pre-emphasis (the first sample kept as it is)."""
+        if audio.size == 0:
+            return
+        out[0] = audio[0]
+        if self.preemphasis:
+            np.subtract(audio[1:], self.preemphasis * audio[:-1], out=out[1 : audio.size])
+        else:
+            out[1 : audio.size] = audio[1:]

@@ -25,7 +25,7 @@ import torch
 
 from asr_lightning.audio.augment import normalize_level
 from asr_lightning.audio.decode import SAMPLE_RATE, AudioSource, load_audio
-from asr_lightning.decoding.greedy import GreedyHypothesis, greedy_decode_with_frames, ids_to_text
+from asr_lightning.decoding.greedy import GreedyHypothesis, greedy_path, ids_to_text
 from asr_lightning.errors import AsrLightningError, ModelError
 from asr_lightning.inference.backends import Backend, OnnxBackend, TorchBackend
 from asr_lightning.inference.chunking import Chunk, ChunkOptions, plan_chunks, stitch
@@ -277,8 +277,7 @@ class Transcriber:
     def _decode(self, logits: np.ndarray) -> GreedyHypothesis:
         if self.decoder is not None:
             return self.decoder.decode(logits)
-        batch = torch.from_numpy(np.ascontiguousarray(logits))[None]  # (1, T, V)
-        return greedy_decode_with_frames(batch, torch.tensor([logits.shape[0]]), self.blank_id)[0]
+        return greedy_path(logits, self.blank_id)
 
     def _text_of(self, ids: tuple[int, ...]) -> str:
         return ids_to_text(ids, self.tokenizer).strip()

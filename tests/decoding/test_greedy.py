@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr_lightning.decoding.greedy import greedy_decode, greedy_decode_with_frames, ids_to_text
+from asr_lightning.decoding.greedy import (
+    greedy_decode,
+    greedy_decode_with_frames,
+    greedy_path,
+    ids_to_text,
+)
 from asr_lightning.text.vocab import build_vocab, make_tokenizer
 
 BLANK, A, B, C = 0, 3, 4, 5
@@ -49,6 +54,20 @@ def test_frames_past_the_true_length_are_ignored():
     assert greedy_decode(logits, lengths(3, 6), BLANK) == [[A, B], [B, A, C]]
     # Decoding the padding as if it were speech appends garbage to the short clip.
     assert greedy_decode(logits, lengths(6, 6), BLANK)[0] == [A, B, C]
+
+
+def test_one_clip_of_numpy_logits_decodes_like_a_batch_row():
+    path = [BLANK, A, A, BLANK, A, B, B, BLANK, C]
+    logits = one_hot_logits(path)
+
+    (expected,) = greedy_decode_with_frames(logits, lengths(len(path)), BLANK)
+    got = greedy_path(logits[0].numpy(), BLANK)
+
+    assert got == expected
+    assert (got.ids, got.start_frames, got.end_frames) == ([A, A, B, C], [1, 4, 5, 8], [3, 5, 7, 9])
+    assert greedy_path(logits[0, :0].numpy(), BLANK).ids == []
+    with pytest.raises(ValueError, match=r"\(frames, vocab\)"):
+        greedy_path(logits.numpy(), BLANK)
 
 
 def test_a_row_of_zero_frames_decodes_to_nothing():
