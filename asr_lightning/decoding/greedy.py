@@ -65,7 +65,9 @@ def greedy_decode_with_frames(
     _check_shapes(logits, output_lengths)
     best = logits.detach().argmax(dim=-1).cpu().numpy()  # (B, T)
     lengths = output_lengths.detach().cpu().tolist()
-    return [collapse_path(row[:length], blank_id) for row, length in zip(best, lengths, strict=True)]
+    return [
+        collapse_path(row[:length], blank_id) for row, length in zip(best, lengths, strict=True)
+    ]
 
 
 def greedy_path(logits: np.ndarray, blank_id: int) -> GreedyHypothesis:

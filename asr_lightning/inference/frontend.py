@@ -1,12 +1,15 @@
 """A lean log-mel front end for inference: ``ParakeetFeatureExtractor``'s numbers, less overhead.
 
 ``ParakeetFeatureExtractor.__call__`` converts every clip to a tensor, pads through the generic
-``SequenceFeatureExtractor.pad`` and builds a ``BatchFeature`` twice; on short clips this
-bookkeeping costs more than the STFT itself, and it squares the spectrum's magnitude through a
-strided sum. On the AN4 test clips one at a time it takes about twice the time of
-:class:`LogMelFrontEnd` (``benchmarks/inference_speed.py`` prints both). This class computes the same features (pre-emphasis, centred STFT with a
-symmetric Hann window, power spectrum, Slaney mel filter bank, log, per-utterance mean/variance
-normalisation over the valid frames) straight from a padded numpy batch. Training keeps the
+``SequenceFeatureExtractor.pad``, builds a ``BatchFeature`` twice and runs a dense mel GEMM; on
+short clips this costs several times the FFT itself. :class:`LogMelFrontEnd` computes the same
+features (pre-emphasis, centred STFT with a symmetric Hann window, power spectrum, Slaney mel
+filter bank, log, per-utterance mean/variance normalisation over the valid frames) from one
+padded numpy batch: numpy frames the audio, torch's FFT transforms it (about 3x numpy's here),
+and a sparse product applies the filter bank (each frequency bin feeds at most two filters).
+Nothing in it starts a thread pool: numpy's OpenBLAS threads, had a dense ``@`` woken them, kept
+spinning beside onnxruntime's (one profile of the AN4 test set ran 3x slower with them).
+``benchmarks/inference_speed.py`` prints the time of both front ends. Training keeps the
 Hugging Face extractor; a test holds the two to the same numbers.
 """
 
