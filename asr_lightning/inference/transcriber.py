@@ -42,6 +42,9 @@ FILES_PER_BATCH = 4
 #: torch threads for feature extraction: a log-mel filter bank is too small to gain from more,
 #: and on a busy CPU extra OpenMP threads made it ~5x slower (see BENCHMARKS.md).
 FEATURE_THREADS = 1
+#: Batches whose features are computed in a row before the model runs over them (see
+#: ``Transcriber(features_ahead=...)``).
+FEATURES_AHEAD = 4
 #: Prefix of SentencePiece tokens that begin a word (Parakeet and other BPE vocabularies).
 WORD_START = "\u2581"
 DEFAULT_CHUNKING = ChunkOptions()
@@ -99,6 +102,7 @@ class Transcriber:
         decoder: Any | None = None,
         chunking: ChunkOptions = DEFAULT_CHUNKING,
         batch_size: int = 8,
+        features_ahead: int = FEATURES_AHEAD,
     ) -> None:
         """
         Args:
@@ -110,9 +114,16 @@ class Transcriber:
             decoder: a :class:`asr_lightning.decoding.beam.BeamSearchDecoder`; ``None``: greedy.
             chunking: how files longer than ``chunking.chunk_s`` are cut into windows.
             batch_size: windows run through the model at once.
+            features_ahead: batches whose features are computed in a row before the model runs
+                over them (it bounds the features held at once); 1 alternates features and
+                model calls. Computed between model calls, features took ~1.5x longer on a
+                2-core CPU, where the runtime's threads keep spinning after a call
+                (``benchmarks/inference_speed.py`` measures both ways).
         """
         if batch_size < 1:
             raise ModelError(f"batch_size must be >= 1, got {batch_size}")
+        if features_ahead < 1:
+            raise ModelError(f"features_ahead must be >= 1, got {features_ahead}")
         self.backend = backend
         self.feature_extractor = feature_extractor
         self.featurize = feature_function(feature_extractor)
@@ -123,6 +134,7 @@ class Transcriber:
         self.decoder = decoder
         self.chunking = chunking
         self.batch_size = batch_size
+        self.features_ahead = features_ahead
         self.sample_rate = int(getattr(feature_extractor, "sampling_rate", SAMPLE_RATE))
         self._tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer.get_vocab()))))
         self._delimiter = getattr(tokenizer, "word_delimiter_token", None)
@@ -145,7 +157,8 @@ class Transcriber:
             backend: ``torch``, ``onnx``, or ``auto`` (onnx for ONNX folders, else torch).
             onnx_file: the ONNX file of the folder (``model.int8.onnx`` for the INT8 model).
             num_threads: onnxruntime intra-op threads (``None``: one per core).
-            **kwargs: ``decoder``, ``chunking``, ``batch_size`` (see :class:`Transcriber`).
+            **kwargs: ``decoder``, ``chunking``, ``batch_size``, ``features_ahead`` (see
+                :class:`Transcriber`).
         """
         from asr_lightning.export.onnx import METADATA_FILE
 
@@ -240,16 +253,33 @@ class Transcriber:
             item.logits = [None] * len(item.chunks)
             segments += [(item, index) for index in range(len(item.chunks))]
         segments.sort(key=lambda s: s[0].chunks[s[1]].end - s[0].chunks[s[1]].start, reverse=True)
-        for first in range(0, len(segments), self.batch_size):
-            self._forward(segments[first : first + self.batch_size])
+        batches = [
+            segments[first : first + self.batch_size]
+            for first in range(0, len(segments), self.batch_size)
+        ]
+        for first in range(0, len(batches), self.features_ahead):
+            group = batches[first : first + self.features_ahead]
+            with torch_threads(FEATURE_THREADS):
+                features = [self._features(batch) for batch in group]
+            for batch, batch_features in zip(group, features, strict=True):
+                self._forward(batch, batch_features)
         return [self._finish(item) for item in items]
 
-    def _forward(self, segments: list[tuple[_Item, int]]) -> None:
-        """Logits of a batch of windows; a failing batch is retried one window at a time."""
-        audios = [item.audio[item.chunks[i].start : item.chunks[i].end] for item, i in segments]
+    def _features(self, segments: list[tuple[_Item, int]]) -> dict[str, np.ndarray] | None:
+        """Model input of a batch of windows; ``None`` if it fails (``_forward`` then retries)."""
         try:
-            with torch_threads(FEATURE_THREADS):
-                features = self.featurize(audios)
+            return self.featurize(_windows(segments))
+        except Exception:  # _forward retries window by window and names the one that fails
+            return None
+
+    def _forward(
+        self, segments: list[tuple[_Item, int]], features: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Logits of a batch of windows; a failing batch is retried one window at a time."""
+        try:
+            if features is None:
+                with torch_threads(FEATURE_THREADS):
+                    features = self.featurize(_windows(segments))
             logits, lengths = self.backend(features["inputs"], features["attention_mask"])
         except Exception as err:  # a runtime error in one row must not lose the others
             if len(segments) == 1:
@@ -291,6 +321,11 @@ class Transcriber:
             if text:
                 words.append(Word(text, round(start * seconds, 3), round(end * seconds, 3)))
         return words
+
+
+def _windows(segments: list[tuple[_Item, int]]) -> list[np.ndarray]:
+    """The audio of each ``(item, chunk index)`` window."""
+    return [item.audio[item.chunks[i].start : item.chunks[i].end] for item, i in segments]
 
 
 def _word_spans(

@@ -121,6 +121,79 @@ def test_bad_inputs_do_not_stop_the_others(folders, an4_clips, tmp_path):
     assert by_name["stereo44k.wav"].duration_s == pytest.approx(reference.duration_s, abs=0.01)
 
 
+class _FailsOnLength(TorchBackend):
+    """The torch backend, raising for any batch that holds a row of ``bad_frames`` frames."""
+
+    bad_frames = -1
+    calls = 0
+
+    def __call__(self, inputs, attention_mask):
+        self.calls += 1
+        if (attention_mask.sum(-1) == self.bad_frames).any():
+            raise RuntimeError("this row breaks the runtime")
+        return super().__call__(inputs, attention_mask)
+
+
+def _with_backend(hf: Path, backend, batch_size: int) -> Transcriber:
+    base = Transcriber.from_pretrained(hf)
+    return Transcriber(
+        backend,
+        base.feature_extractor,
+        base.tokenizer,
+        base.samples_per_frame,
+        base.blank_id,
+        batch_size=batch_size,
+    )
+
+
+def test_a_runtime_error_on_one_clip_loses_only_that_clip(folders, an4_clips):
+    hf, _ = folders
+    audios = [load_audio(path) for path in an4_clips]
+    expected = Transcriber.from_pretrained(hf, batch_size=4).transcribe_arrays(audios)
+    backend = _FailsOnLength(load_model(hf).model)
+    backend.bad_frames = audios[2].size // 160  # the valid feature frames of clip 2
+    results = _with_backend(hf, backend, batch_size=4).transcribe_arrays(audios)
+    assert "inference failed: RuntimeError: this row breaks the runtime" in results[2].error
+    assert results[2].text == ""
+    assert [r.text for i, r in enumerate(results) if i != 2] == [
+        r.text for i, r in enumerate(expected) if i != 2
+    ]
+    assert backend.calls == 1 + len(audios)  # the batch, then each clip alone
+
+
+@pytest.mark.parametrize(
+    ("features_ahead", "expected"),
+    [
+        (4, ["features"] * 4 + ["model"] * 4),
+        (3, ["features"] * 3 + ["model"] * 3 + ["features", "model"]),
+        (1, ["features", "model"] * 4),
+    ],
+)
+def test_features_of_several_batches_are_computed_before_the_model_runs(
+    folders, an4_clips, features_ahead, expected
+):
+    hf, _ = folders
+    events: list[str] = []
+
+    class Noting(TorchBackend):
+        def __call__(self, inputs, attention_mask):
+            events.append("model")
+            return super().__call__(inputs, attention_mask)
+
+    transcriber = _with_backend(hf, Noting(load_model(hf).model), batch_size=1)
+    transcriber.features_ahead = features_ahead
+    featurize = transcriber.featurize
+    transcriber.featurize = lambda audios: events.append("features") or featurize(audios)
+    results = transcriber.transcribe_arrays([load_audio(path) for path in an4_clips])
+    assert events == expected
+    reference = Transcriber.from_pretrained(hf, batch_size=1).transcribe_arrays(
+        [load_audio(path) for path in an4_clips]
+    )
+    assert [r.text for r in results] == [r.text for r in reference]
+    with pytest.raises(ModelError, match="features_ahead must be >= 1"):
+        Transcriber.from_pretrained(hf, features_ahead=0)
+
+
 def test_beam_search_decoder_plugs_in(folders, an4_clips):
     hf, _ = folders
     loaded = load_model(hf)
