@@ -42,9 +42,9 @@ FILES_PER_BATCH = 4
 #: torch threads for feature extraction: a log-mel filter bank is too small to gain from more,
 #: and on a busy CPU extra OpenMP threads made it ~5x slower (see BENCHMARKS.md).
 FEATURE_THREADS = 1
-#: Batches whose features are computed in a row before the model runs over them (see
-#: ``Transcriber(features_ahead=...)``).
-FEATURES_AHEAD = 4
+#: Windows whose features are computed in a row before the model runs over them (see
+#: ``Transcriber(features_ahead=...)``): at most ~60 MB of features (64 windows of 30 s).
+FEATURES_AHEAD = 64
 #: Prefix of SentencePiece tokens that begin a word (Parakeet and other BPE vocabularies).
 WORD_START = "\u2581"
 DEFAULT_CHUNKING = ChunkOptions()
@@ -114,11 +114,11 @@ class Transcriber:
             decoder: a :class:`asr_lightning.decoding.beam.BeamSearchDecoder`; ``None``: greedy.
             chunking: how files longer than ``chunking.chunk_s`` are cut into windows.
             batch_size: windows run through the model at once.
-            features_ahead: batches whose features are computed in a row before the model runs
-                over them (it bounds the features held at once); 1 alternates features and
-                model calls. Computed between model calls, features took ~1.5x longer on a
-                2-core CPU, where the runtime's threads keep spinning after a call
-                (``benchmarks/inference_speed.py`` measures both ways).
+            features_ahead: windows whose features are computed in a row (whole batches, at
+                least one) before the model runs over them; it bounds the features held at
+                once. 1 alternates features and model calls. Computed between model calls,
+                features took ~1.5x longer on a 2-core CPU, where the runtime's threads keep
+                spinning after a call (``benchmarks/inference_speed.py`` measures both ways).
         """
         if batch_size < 1:
             raise ModelError(f"batch_size must be >= 1, got {batch_size}")
@@ -257,8 +257,9 @@ class Transcriber:
             segments[first : first + self.batch_size]
             for first in range(0, len(segments), self.batch_size)
         ]
-        for first in range(0, len(batches), self.features_ahead):
-            group = batches[first : first + self.features_ahead]
+        per_group = max(1, self.features_ahead // self.batch_size)
+        for first in range(0, len(batches), per_group):
+            group = batches[first : first + per_group]
             with torch_threads(FEATURE_THREADS):
                 features = [self._features(batch) for batch in group]
             for batch, batch_features in zip(group, features, strict=True):

@@ -162,15 +162,17 @@ def test_a_runtime_error_on_one_clip_loses_only_that_clip(folders, an4_clips):
 
 
 @pytest.mark.parametrize(
-    ("features_ahead", "expected"),
+    ("features_ahead", "batch_size", "expected"),
     [
-        (4, ["features"] * 4 + ["model"] * 4),
-        (3, ["features"] * 3 + ["model"] * 3 + ["features", "model"]),
-        (1, ["features", "model"] * 4),
+        (4, 1, ["features"] * 4 + ["model"] * 4),
+        (3, 1, ["features"] * 3 + ["model"] * 3 + ["features", "model"]),
+        (1, 1, ["features", "model"] * 4),
+        (4, 2, ["features", "features", "model", "model"]),  # windows, in whole batches
+        (1, 2, ["features", "model"] * 2),
     ],
 )
 def test_features_of_several_batches_are_computed_before_the_model_runs(
-    folders, an4_clips, features_ahead, expected
+    folders, an4_clips, features_ahead, batch_size, expected
 ):
     hf, _ = folders
     events: list[str] = []
@@ -180,7 +182,7 @@ def test_features_of_several_batches_are_computed_before_the_model_runs(
             events.append("model")
             return super().__call__(inputs, attention_mask)
 
-    transcriber = _with_backend(hf, Noting(load_model(hf).model), batch_size=1)
+    transcriber = _with_backend(hf, Noting(load_model(hf).model), batch_size=batch_size)
     transcriber.features_ahead = features_ahead
     featurize = transcriber.featurize
     transcriber.featurize = lambda audios: events.append("features") or featurize(audios)
