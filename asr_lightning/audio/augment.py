@@ -81,8 +81,8 @@ def normalize_level(
     default = DEFAULT_PEAK_DBFS if mode == "peak" else DEFAULT_RMS_DBFS
     gain = _db_to_amplitude(default if target_db is None else target_db) / level
     gain = min(gain, 1.0 / peak)
-    if not np.isfinite(peak):  # NaN or inf samples (a finite peak means finite samples)
-        return _finite_clipped(samples * gain)
+    # a finite level means finite samples (a NaN or inf one makes peak and RMS non-finite), so
+    # only rounding can push a sample past 1.0
     scaled = samples * np.float32(gain)
     return np.clip(scaled, -1.0, 1.0, out=scaled)
 

@@ -72,17 +72,18 @@ class LogMelFrontEnd:
 
     def __call__(self, audios: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         lengths = np.array([audio.size for audio in audios], dtype=np.int64)
-        frames = int(lengths.max(initial=1)) // self.hop + 1
+        samples = int(lengths.max(initial=1))
+        frames = samples // self.hop + 1
         half = self.n_fft // 2  # the centred STFT's zero padding on both sides
-        padded = np.zeros((len(audios), half + int(lengths.max(initial=1)) + half), np.float32)
+        padded = np.zeros((len(audios), half + samples + half), np.float32)
         for row, audio in enumerate(audios):
             self._emphasise(np.asarray(audio, dtype=np.float32), padded[row, half:])
         windows = sliding_window_view(padded, self.n_fft, axis=1)[:, :: self.hop][:, :frames]
         with torch.inference_mode():  # torch's FFT is ~3x numpy's here
             spectrum = torch.fft.rfft(torch.from_numpy(windows * self.window)).numpy()
         power = np.square(spectrum.real) + np.square(spectrum.imag)  # (B, T, bins)
-        # A sparse product (each bin feeds at most two filters): ~3x fewer operations than a
-        # dense GEMM, and no OpenBLAS threads left spinning beside the model's.
+        # A sparse product: each bin feeds at most two filters (Parakeet's 80 x 257 bank has 500
+        # non-zero weights of 20,560), and no OpenBLAS threads are left spinning.
         mel = (self.mel @ power.reshape(-1, power.shape[-1]).T).T.reshape(len(audios), frames, -1)
         log_mel = np.log(mel + np.float32(LOG_ZERO_GUARD))  # (B, T, F)
         valid_frames = lengths // self.hop

@@ -116,9 +116,9 @@ class Transcriber:
             batch_size: windows run through the model at once.
             features_ahead: windows whose features are computed in a row (whole batches, at
                 least one) before the model runs over them; it bounds the features held at
-                once. 1 alternates features and model calls. Computed between model calls,
-                features took ~1.5x longer on a 2-core CPU, where the runtime's threads keep
-                spinning after a call (``benchmarks/inference_speed.py`` measures both ways).
+                once. 1 alternates features and model calls, which made int8 ONNX
+                transcription ~1.2x slower at batch size 1 on a 2-core CPU (the "features
+                between model calls" row of ``benchmarks/inference_speed.py``).
         """
         if batch_size < 1:
             raise ModelError(f"batch_size must be >= 1, got {batch_size}")

@@ -186,14 +186,16 @@ def test_features_of_several_batches_are_computed_before_the_model_runs(
     transcriber.features_ahead = features_ahead
     featurize = transcriber.featurize
     transcriber.featurize = lambda audios: events.append("features") or featurize(audios)
-    results = transcriber.transcribe_arrays([load_audio(path) for path in an4_clips])
+    audios = [load_audio(path) for path in an4_clips]
+    results = transcriber.transcribe_arrays(audios)
     assert events == expected
-    reference = Transcriber.from_pretrained(hf, batch_size=1).transcribe_arrays(
-        [load_audio(path) for path in an4_clips]
-    )
+    reference = Transcriber.from_pretrained(hf, batch_size=1).transcribe_arrays(audios)
     assert [r.text for r in results] == [r.text for r in reference]
+
+
+def test_features_ahead_must_be_positive(folders):
     with pytest.raises(ModelError, match="features_ahead must be >= 1"):
-        Transcriber.from_pretrained(hf, features_ahead=0)
+        Transcriber.from_pretrained(folders[0], features_ahead=0)
 
 
 def test_beam_search_decoder_plugs_in(folders, an4_clips):
