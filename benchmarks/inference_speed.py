@@ -7,11 +7,9 @@
 One run measures, on the same pre-decoded clips (audio decoding is the same for every runtime
 and left out): the real-time factor (processing seconds / audio seconds) of the whole
 transcriber (features, model, greedy decoding) and of the model alone, the WER of each runtime,
-and how many transcripts are identical to PyTorch's. The runtimes take turns round by round;
-each row gives the median round and, as ``speedup_best_round``, the ratio of the fastest
-rounds (the cost with the machine at its quietest: on a shared VM, slow periods cost
-onnxruntime relatively more than PyTorch). With ``--lm`` it also scores beam search without and
-with the language model on the fp32 ONNX logits.
+and how many transcripts are identical to PyTorch's. The runtimes take turns round by round,
+and each row gives the median round (``rtf_runs`` holds every round). With ``--lm`` it also
+scores beam search without and with the language model on the fp32 ONNX logits.
 """
 
 from __future__ import annotations
@@ -55,11 +53,17 @@ def _wer(references: list[str], hypotheses: list[str]) -> float:
     return 100.0 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
 
 
+def _length_sorted_batches(audios: list[np.ndarray], batch_size: int) -> list[list[np.ndarray]]:
+    """The clips in batches, longest first, as the transcriber forms them."""
+    order = sorted(range(len(audios)), key=lambda i: audios[i].size, reverse=True)
+    starts = range(0, len(order), batch_size)
+    return [[audios[i] for i in order[k : k + batch_size]] for k in starts]
+
+
 def _model_seconds(transcriber: Transcriber, audios: list[np.ndarray], batch_size: int) -> float:
     """Time of the backend alone over length-sorted batches (features computed beforehand)."""
-    order = sorted(range(len(audios)), key=lambda i: audios[i].size, reverse=True)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    features = [transcriber.featurize([audios[i] for i in b]) for b in batches]
+    with torch_threads(FEATURE_THREADS):  # as the transcriber: no torch threads left spinning
+        features = [transcriber.featurize(b) for b in _length_sorted_batches(audios, batch_size)]
     start = time.perf_counter()
     for batch in features:
         transcriber.backend(batch["inputs"], batch["attention_mask"])
@@ -118,23 +122,14 @@ def _lm_rows(
     with_plain_beam: bool = True,
 ):
     """WER of beam search without (optionally) and with the LM over the same logits."""
-    decoders = {
-        f"beam {beam} + LM (alpha {alpha}, beta {beta})": BeamSearchDecoder.from_tokenizer(
-            transcriber.tokenizer, transcriber.blank_id, lm, beam_width=beam, alpha=alpha, beta=beta
-        ),
-    }
+    name = f"beam {beam} + LM (alpha {alpha}, beta {beta})"
+    decoders = {name: _beam(transcriber, lm, beam, alpha=alpha, beta=beta)}
     if with_plain_beam:
-        decoders = {
-            f"beam {beam}": BeamSearchDecoder.from_tokenizer(
-                transcriber.tokenizer, transcriber.blank_id, beam_width=beam
-            ),
-            **decoders,
-        }
+        decoders = {f"beam {beam}": _beam(transcriber, None, beam), **decoders}
     rows = []
     for name, decoder in decoders.items():
-        transcriber.decoder = decoder
         start = time.perf_counter()
-        texts = [r.text for r in transcriber.transcribe_arrays(audios)]
+        texts = _texts_with(transcriber, decoder, audios)
         rows.append(
             {
                 "decoding": name,
@@ -143,8 +138,23 @@ def _lm_rows(
             }
         )
         print(f"{name}: WER {rows[-1]['wer']:.2f} ({rows[-1]['seconds']:.1f} s)")
-    transcriber.decoder = None
     return rows
+
+
+def _beam(transcriber: Transcriber, lm: str | None, beam: int, **weights) -> BeamSearchDecoder:
+    """A beam search decoder for the transcriber's vocabulary, with ``lm`` if given."""
+    return BeamSearchDecoder.from_tokenizer(
+        transcriber.tokenizer, transcriber.blank_id, lm, beam_width=beam, **weights
+    )
+
+
+def _texts_with(transcriber: Transcriber, decoder: BeamSearchDecoder, audios) -> list[str]:
+    """Transcripts with ``decoder``; the transcriber is left greedy."""
+    transcriber.decoder = decoder
+    try:
+        return [r.text for r in transcriber.transcribe_arrays(audios)]
+    finally:
+        transcriber.decoder = None
 
 
 def _tune_lm(transcriber: Transcriber, manifest: Path, lm: str, beam: int) -> dict:
@@ -153,18 +163,10 @@ def _tune_lm(transcriber: Transcriber, manifest: Path, lm: str, beam: int) -> di
     best: dict = {}
     for alpha in TUNE_ALPHAS:
         for beta in TUNE_BETAS:
-            transcriber.decoder = BeamSearchDecoder.from_tokenizer(
-                transcriber.tokenizer,
-                transcriber.blank_id,
-                lm,
-                beam_width=beam,
-                alpha=alpha,
-                beta=beta,
-            )
-            wer = _wer(references, [r.text for r in transcriber.transcribe_arrays(audios)])
+            decoder = _beam(transcriber, lm, beam, alpha=alpha, beta=beta)
+            wer = _wer(references, _texts_with(transcriber, decoder, audios))
             if not best or wer < best["dev_wer"]:
                 best = {"alpha": alpha, "beta": beta, "dev_wer": wer}
-    transcriber.decoder = None
     best["dev_wer_greedy"] = _wer(
         references, [r.text for r in transcriber.transcribe_arrays(audios)]
     )
@@ -183,10 +185,7 @@ def _read(manifest: Path, tokenizer) -> tuple[list[str], list[np.ndarray], list[
 
 def _front_end_row(transcriber: Transcriber, audios, batch_size: int, repeats: int) -> dict:
     """RTF of the model's Hugging Face feature extractor and of the transcriber's front end."""
-    order = sorted(range(len(audios)), key=lambda i: audios[i].size, reverse=True)
-    batches = [
-        [audios[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)
-    ]
+    batches = _length_sorted_batches(audios, batch_size)
     audio_seconds = sum(a.size for a in audios) / 16_000
     functions = {
         type(transcriber.feature_extractor).__name__: partial(
@@ -210,18 +209,11 @@ def _front_end_row(transcriber: Transcriber, audios, batch_size: int, repeats: i
 
 def _binary_lm_row(transcriber: Transcriber, audios, references, arpa: str, binary: str, args):
     """The same beam search with the ARPA file (our reader) and its KenLM binary (kenlm)."""
-    texts = {}
-    for name, lm in (("arpa", arpa), ("binary", binary)):
-        transcriber.decoder = BeamSearchDecoder.from_tokenizer(
-            transcriber.tokenizer,
-            transcriber.blank_id,
-            lm,
-            beam_width=args.beam_width,
-            alpha=args.alpha,
-            beta=args.beta,
-        )
-        texts[name] = [r.text for r in transcriber.transcribe_arrays(audios)]
-    transcriber.decoder = None
+    weights = {"alpha": args.alpha, "beta": args.beta}
+    texts = {
+        name: _texts_with(transcriber, _beam(transcriber, lm, args.beam_width, **weights), audios)
+        for name, lm in (("arpa", arpa), ("binary", binary))
+    }
     row = {
         "decoder_lm": type(load_lm(binary)).__name__,
         "wer_arpa": _wer(references, texts["arpa"]),
@@ -332,8 +324,6 @@ def main() -> int:
         )
         row["speedup"] = results[0]["rtf"] / row["rtf"]
         row["model_speedup"] = results[0]["model_rtf"] / row["model_rtf"]
-        # each runtime's fastest round: its cost with the shared machine at its quietest
-        row["speedup_best_round"] = min(results[0]["rtf_runs"]) / min(row["rtf_runs"])
     output = {
         "clips": len(audios),
         "threads": args.threads,

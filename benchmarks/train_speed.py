@@ -557,12 +557,16 @@ def main(argv: list[str] | None = None) -> None:
         if len(results) == 2:
             base, ours = results["baseline"], results["ours"]
             print(
-                f"ratio ours/baseline: "
-                f"{ours['audio_s_per_s'] / base['audio_s_per_s']:.2f}x audio s/s,"
+                f"ratio ours/baseline: {speed_ratio(results):.2f}x audio s/s,"
                 f" WER {ours['wer']:.3f} vs {base['wer']:.3f}"
             )
     if len(runs) > 1:
         print(summary(runs))
+
+
+def speed_ratio(results: dict[str, dict]) -> float:
+    """Audio seconds trained per wall second, ours over the baseline's."""
+    return results["ours"]["audio_s_per_s"] / results["baseline"]["audio_s_per_s"]
 
 
 def summary(runs: list[dict[str, dict]]) -> str:
@@ -586,7 +590,7 @@ def summary(runs: list[dict[str, dict]]) -> str:
             )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if all(len(run) == 2 for run in runs):
-        ratios = [r["ours"]["audio_s_per_s"] / r["baseline"]["audio_s_per_s"] for r in runs]
+        ratios = [speed_ratio(run) for run in runs]
         lines.append(
             f"ratio ours/baseline audio s/s: {np.mean(ratios):.2f}x "
             f"({min(ratios):.2f} - {max(ratios):.2f})"
