@@ -5,12 +5,12 @@
 short clips this costs several times the FFT itself. :class:`LogMelFrontEnd` computes the same
 features (pre-emphasis, centred STFT with a symmetric Hann window, power spectrum, Slaney mel
 filter bank, log, per-utterance mean/variance normalisation over the valid frames) from one
-padded numpy batch: numpy frames the audio, torch's FFT transforms it (about 3x numpy's here),
-and a sparse product applies the filter bank (each frequency bin feeds at most two filters).
-Nothing in it starts a thread pool: numpy's OpenBLAS threads, had a dense ``@`` woken them, kept
-spinning beside onnxruntime's (one profile of the AN4 test set ran 3x slower with them).
-``benchmarks/inference_speed.py`` prints the time of both front ends. Training keeps the
-Hugging Face extractor; a test holds the two to the same numbers.
+padded numpy batch: numpy frames the audio, torch's FFT transforms it (numpy's took about 3x
+as long in a one-off timing), and a sparse product applies the filter bank (each frequency bin
+feeds at most two filters). Nothing in it starts a thread pool: numpy's OpenBLAS threads, had a
+dense ``@`` woken them, kept spinning beside onnxruntime's (one profile of the AN4 test set, not
+repeated, ran 3x slower). ``benchmarks/inference_speed.py`` prints the time of both front ends.
+Training keeps the Hugging Face extractor; a test holds the two to the same numbers.
 """
 
 from __future__ import annotations

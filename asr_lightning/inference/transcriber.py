@@ -40,7 +40,8 @@ MIN_AUDIO_S = 0.1
 #: Files loaded at once, as a multiple of the batch size (bounds memory on long file lists).
 FILES_PER_BATCH = 4
 #: torch threads for feature extraction: a log-mel filter bank is too small to gain from more,
-#: and on a busy CPU extra OpenMP threads made it ~5x slower (see BENCHMARKS.md).
+#: and OpenMP threads left spinning after it slow the model's own threads (in one profile, not
+#: repeated, features on 2 torch threads made the int8 ONNX transcriber 2x slower).
 FEATURE_THREADS = 1
 #: Windows whose features are computed in a row before the model runs over them (see
 #: ``Transcriber(features_ahead=...)``): at most ~60 MB of features (64 windows of 30 s).
