@@ -9,7 +9,7 @@ python -c "import kenlm" 2>/dev/null \
 python -c "import kenlm" || { echo "kenlm.sh: pip could not build kenlm (see above)"; exit 1; }
 if [ ! -x .venv/bin/build_binary ]; then
   src=$(mktemp -d)
-  python -m pip download -q --no-deps --no-binary :all: kenlm -d "$src" 2>&1 \
+  python -m pip download -q --no-deps --no-binary kenlm kenlm -d "$src" 2>&1 \
     | grep -v "^WARNING: Location" || true
   tar xzf "$src"/kenlm-*.tar.gz -C "$src"
   (
