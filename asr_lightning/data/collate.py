@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: Rate of the audio in dataset items (``asr_lightning.audio.decode.SAMPLE_RATE``).
 SAMPLE_RATE = 16_000
+#: Input name of raw-waveform models (their time axis is the last one).
+WAVEFORM_INPUT = "input_values"
 #: Label value the CTC loss of ``AutoModelForCTC`` ignores.
 LABEL_PAD_ID = -100
 #: Length of the silent clip run through the feature extractor once, to learn the feature shape
@@ -38,16 +40,17 @@ class CTCCollator:
     The batch holds, for ``B`` loaded items:
 
     - ``<model input>``: ``input_values`` float (B, T) of samples for raw-waveform models
-      (wav2vec2 family), or ``input_features`` float (B, T, F) for filter-bank models
-      (Parakeet, w2v-BERT); the name is ``feature_extractor.model_input_names[0]``.
+      (wav2vec2 family; (B, 1, T) for OmniASR), or ``input_features`` float (B, T, F) for
+      filter-bank models (Parakeet, w2v-BERT); the name is
+      ``feature_extractor.model_input_names[0]``.
     - ``attention_mask``: long (B, T), 1 on real samples/frames. Always present: for waveform
       inputs it is built from the true lengths even when the extractor would not return one.
     - ``input_lengths``: long (B,), true length of each row in 16 kHz samples.
     - ``labels``: long (B, L), padded with -100.
     - ``ids``, ``texts``: lists of B strings; ``skipped``: list of ``(id, reason)``.
 
-    When every item was skipped, the batch has ``B = 0`` rows: tensors of shape (0, 0), or
-    (0, 0, F) for filter-bank inputs, and the training step should skip it.
+    When every item was skipped, the batch has ``B = 0`` rows and no time steps (input shape
+    (0, 0), (0, 1, 0) or (0, 0, F)), and the training step should skip it.
 
     Args:
         feature_extractor: The model's Hugging Face feature extractor (``Wav2Vec2FeatureExtractor``,
@@ -69,7 +72,7 @@ class CTCCollator:
         self.feature_extractor = feature_extractor
         self.pad_to_multiple_of = pad_to_multiple_of
         self.model_input_name: str = feature_extractor.model_input_names[0]
-        self._feature_dims: tuple[int, ...] | None = None  # trailing input dims, e.g. (F,)
+        self._empty_shape: tuple[int, ...] | None = None  # input shape of a batch of 0 rows
 
     def _extract(self, audios: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         kwargs: dict[str, Any] = {}
@@ -100,9 +103,9 @@ class CTCCollator:
         audios = [np.asarray(example.audio, dtype=np.float32) for example in examples]
         lengths = torch.tensor([audio.shape[0] for audio in audios], dtype=torch.long)  # (B,)
         features = self._extract(audios)
-        inputs = features[self.model_input_name].to(torch.float32)  # (B, T) or (B, T, F)
-        if inputs.dim() == 2:  # raw waveform: the mask follows the true sample counts
-            mask = (torch.arange(inputs.shape[1])[None, :] < lengths[:, None]).long()
+        inputs = features[self.model_input_name].to(torch.float32)  # (B, [1,] T) or (B, T, F)
+        if self.model_input_name == WAVEFORM_INPUT:  # the mask follows the true sample counts
+            mask = (torch.arange(inputs.shape[-1])[None, :] < lengths[:, None]).long()
         elif features.get("attention_mask") is not None:
             mask = features["attention_mask"].long()  # (B, T) over frames
         else:
@@ -123,11 +126,14 @@ class CTCCollator:
 
     def _empty_batch(self, skipped: list[tuple[str, str]]) -> dict[str, Any]:
         """A batch with zero rows, shaped like a real one (see the class docstring)."""
-        if self._feature_dims is None:
+        if self._empty_shape is None:
             probe = self._extract([np.zeros(_PROBE_SAMPLES, dtype=np.float32)])
-            self._feature_dims = tuple(probe[self.model_input_name].shape[2:])
+            shape = list(probe[self.model_input_name].shape)
+            time = len(shape) - 1 if self.model_input_name == WAVEFORM_INPUT else 1
+            shape[0] = shape[time] = 0
+            self._empty_shape = tuple(shape)
         return {
-            self.model_input_name: torch.zeros((0, 0, *self._feature_dims), dtype=torch.float32),
+            self.model_input_name: torch.zeros(self._empty_shape, dtype=torch.float32),
             "attention_mask": torch.zeros((0, 0), dtype=torch.long),
             "input_lengths": torch.zeros((0,), dtype=torch.long),
             "labels": torch.zeros((0, 0), dtype=torch.long),

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from asr_lightning.audio.decode import SAMPLE_RATE, AudioSource, load_audio
+from asr_lightning.data.collate import WAVEFORM_INPUT
 from asr_lightning.errors import ConfigError, ModelError
 from asr_lightning.inference.models import (
     CTCLogits,
@@ -33,6 +34,7 @@ from asr_lightning.inference.models import (
     load_model,
     samples_per_frame,
 )
+from asr_lightning.model.families import blank_token_id, padding_exact
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +161,11 @@ def _torch_export(
     sample = extract_features(loaded.feature_extractor, clips[:2])
     args = (torch.from_numpy(sample["inputs"]), torch.from_numpy(sample["attention_mask"]))
     time_axes = {0: "batch", 1: "time"}
+    # samples are the last axis of waveform inputs ((B, T), OmniASR's (B, 1, T)); frames are
+    # axis 1 of filter-bank inputs (B, T, F)
+    input_time = args[0].dim() - 1 if wrapper.model.main_input_name == WAVEFORM_INPUT else 1
     dynamic_axes = {
-        "inputs": time_axes,
+        "inputs": {0: "batch", input_time: "time"},
         "attention_mask": time_axes,
         "logits": {0: "batch", 1: "frames"},
         "logit_lengths": {0: "batch"},
@@ -203,7 +208,8 @@ def save_processor(loaded: LoadedModel, out: Path, opset: int, source: str) -> d
         "feature_type": "waveform" if input_name == "input_values" else "log-mel",
         "level": input_level(loaded.feature_extractor),
         "samples_per_frame": samples_per_frame(loaded.model, loaded.feature_extractor),
-        "blank_id": int(loaded.model.config.pad_token_id),
+        "blank_id": blank_token_id(loaded.model.config),
+        "padding_exact": padding_exact(loaded.model.config.model_type),
         "vocabulary": [token for token, _ in sorted(vocab.items(), key=lambda kv: kv[1])],
         "inputs": list(INPUT_NAMES),
         "outputs": list(OUTPUT_NAMES),
@@ -241,7 +247,7 @@ def check_export(
     from asr_lightning.decoding.greedy import greedy_decode
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    blank = int(loaded.model.config.pad_token_id)
+    blank = blank_token_id(loaded.model.config)
     worst, same = 0.0, 0
     for clip in clips:
         features = extract_features(loaded.feature_extractor, [clip])

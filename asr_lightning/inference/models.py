@@ -18,8 +18,10 @@ import torch
 
 from asr_lightning.audio.augment import LEVEL_MODES, LevelMode
 from asr_lightning.audio.decode import SAMPLE_RATE
+from asr_lightning.data.collate import WAVEFORM_INPUT
 from asr_lightning.errors import ModelError
-from asr_lightning.model.ctc import output_lengths, uses_attention_mask
+from asr_lightning.model.ctc import model_inputs, output_lengths
+from asr_lightning.model.padding import guard_padding
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ def load_model(path: str | Path) -> LoadedModel:
             f"cannot load a CTC model from {path}: {err}\nGive a folder written by "
             "save_pretrained / asr-lightning fit (hf_model), a hub id, or a .ckpt checkpoint"
         ) from err
+    guard_padding(model)
     return LoadedModel(model.eval(), load_feature_extractor(str(path)), tokenizer)
 
 
@@ -89,16 +92,15 @@ def _load_checkpoint(path: Path) -> LoadedModel:
 class CTCLogits(torch.nn.Module):
     """``(inputs, attention_mask) -> (logits, logit_lengths)`` of a Hugging Face CTC model.
 
-    The attention mask is always an input: models that use it get it, and it gives every row's
-    true length, from which the output lengths follow (see
-    :func:`asr_lightning.model.ctc.output_lengths`).
+    The attention mask is always an input: the model gets it under its family's name (see
+    :func:`asr_lightning.model.ctc.model_inputs`), and it gives every row's true length, from
+    which the output lengths follow (:func:`asr_lightning.model.ctc.output_lengths`).
     """
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
-        self.input_name: str = model.main_input_name
-        self.pass_mask = uses_attention_mask(model.config)
+        guard_padding(model)
 
     def forward(
         self, inputs: torch.Tensor, attention_mask: torch.Tensor
@@ -109,13 +111,11 @@ class CTCLogits(torch.nn.Module):
             attention_mask: ``(B, T)`` 1 on valid samples/frames, 0 on padding.
 
         Returns:
-            ``logits`` ``(B, T', V)`` (blank = ``config.pad_token_id``) and ``logit_lengths``
-            ``(B,)`` int64.
+            ``logits`` ``(B, T', V)`` (blank id:
+            :func:`~asr_lightning.model.families.blank_token_id`) and ``logit_lengths`` ``(B,)``
+            int64.
         """
-        kwargs = {self.input_name: inputs}
-        if self.pass_mask:
-            kwargs["attention_mask"] = attention_mask
-        logits = self.model(**kwargs).logits  # (B, T', V)
+        logits = self.model(**model_inputs(self.model, inputs, attention_mask)).logits  # (B, T', V)
         batch = {"attention_mask": attention_mask, "input_lengths": attention_mask.sum(-1)}
         lengths = output_lengths(self.model, batch).to(torch.int64)
         return logits, torch.clamp(lengths, max=logits.shape[1])
@@ -127,7 +127,7 @@ def extract_features(feature_extractor: Any, audios: list[np.ndarray]) -> dict[s
     The same call as the training collator, so inference sees what training saw.
 
     Returns:
-        ``{"inputs": (B, T) or (B, T, F) float32, "attention_mask": (B, T) int64}``.
+        ``{"inputs": (B, T), (B, 1, T) or (B, T, F) float32, "attention_mask": (B, T) int64}``.
     """
     name = feature_extractor.model_input_names[0]
     features = feature_extractor(
@@ -135,14 +135,14 @@ def extract_features(feature_extractor: Any, audios: list[np.ndarray]) -> dict[s
         sampling_rate=SAMPLE_RATE,
         padding=True,
         return_attention_mask=True,
-        return_tensors="np",
+        return_tensors="pt",  # OmniASR's extractor supports no other
     )
-    inputs = np.asarray(features[name], dtype=np.float32)
-    if inputs.ndim == 2:  # raw waveform: the mask follows the true sample counts
+    inputs = features[name].to(torch.float32).numpy()
+    if name == WAVEFORM_INPUT:  # (B, [1,] T) samples: the mask follows the true sample counts
         lengths = np.array([len(audio) for audio in audios])
-        mask = (np.arange(inputs.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        mask = (np.arange(inputs.shape[-1])[None, :] < lengths[:, None]).astype(np.int64)
     else:
-        mask = np.asarray(features["attention_mask"], dtype=np.int64)
+        mask = features["attention_mask"].to(torch.int64).numpy()
     return {"inputs": inputs, "attention_mask": mask}
 
 

@@ -31,6 +31,7 @@ from asr_lightning.inference.backends import Backend, OnnxBackend, TorchBackend
 from asr_lightning.inference.chunking import Chunk, ChunkOptions, plan_chunks, stitch
 from asr_lightning.inference.frontend import feature_function
 from asr_lightning.inference.models import input_level, load_model, samples_per_frame
+from asr_lightning.model.families import blank_token_id, padding_exact
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,8 @@ class Transcriber:
             loaded.feature_extractor,
             loaded.tokenizer,
             samples_per_frame(loaded.model, loaded.feature_extractor),
-            int(loaded.model.config.pad_token_id),
-            **kwargs,
+            blank_token_id(loaded.model.config),
+            **_one_at_a_time(padding_exact(loaded.model.config.model_type), kwargs),
         )
 
     @classmethod
@@ -201,7 +202,7 @@ class Transcriber:
             AutoTokenizer.from_pretrained(str(folder)),
             int(metadata["samples_per_frame"]),
             int(metadata["blank_id"]),
-            **kwargs,
+            **_one_at_a_time(metadata.get("padding_exact", True), kwargs),
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -323,6 +324,14 @@ class Transcriber:
             if text:
                 words.append(Word(text, round(start * seconds, 3), round(end * seconds, 3)))
         return words
+
+
+def _one_at_a_time(exact: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``batch_size`` 1 for a family whose padding changes valid frames."""
+    if exact:
+        return kwargs
+    log.warning("this model family is not padding-exact: transcribing one window at a time")
+    return {**kwargs, "batch_size": 1}
 
 
 def _windows(segments: list[tuple[_Item, int]]) -> list[np.ndarray]:

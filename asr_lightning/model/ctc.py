@@ -15,22 +15,45 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from asr_lightning.model.families import mask_argument
+
 #: Label value that marks padding in ``batch["labels"]`` (Hugging Face convention).
 LABEL_PAD = -100
 
 
 def uses_attention_mask(config: Any) -> bool:
-    """Whether the model should be given the attention mask.
+    """Whether the Hugging Face convention gives this model an attention mask.
 
     wav2vec2-family checkpoints whose feature encoder uses group norm (``feat_extract_norm ==
-    "group"``, e.g. wav2vec2-base) were trained on unpadded audio and must not get a mask: the
-    Hugging Face docs say to pass zero-padded input alone. Layer-norm models and filter-bank
-    models (Parakeet, w2v-BERT) need it so padding does not leak into the valid frames.
+    "group"``, e.g. wav2vec2-base) ship feature extractors with ``return_attention_mask: false``:
+    their group norm would see the padding anyway. asr-lightning's own runtimes always pass the
+    mask, and :func:`asr_lightning.model.padding.guard_padding` keeps that group norm off the
+    padding; this only decides what a new model's saved feature extractor asks
+    ``transformers.pipeline`` to do.
 
     Args:
         config: the model's ``PretrainedConfig``.
     """
     return getattr(config, "feat_extract_norm", "layer") != "group"
+
+
+def model_inputs(model: Any, inputs: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    """The keyword arguments of ``model(...)`` for a padded batch: its input and its mask.
+
+    The mask goes under the name the family takes (``attention_mask``, or ``padding_mask`` for
+    OmniASR), always: with :func:`asr_lightning.model.padding.guard_padding` it makes every
+    family but SEW/SEW-D give each row the outputs it gets alone.
+
+    Args:
+        model: a Hugging Face ``*ForCTC`` model.
+        inputs: ``(B, T)`` samples or ``(B, T, F)`` feature frames, zero-padded.
+        attention_mask: ``(B, T)`` 1 on valid samples/frames.
+    """
+    kwargs = {model.main_input_name: inputs}
+    name = mask_argument(model)
+    if name is not None:
+        kwargs[name] = attention_mask
+    return kwargs
 
 
 def output_lengths(model: Any, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -39,12 +62,13 @@ def output_lengths(model: Any, batch: Mapping[str, Any]) -> torch.Tensor:
     Args:
         model: a Hugging Face ``*ForCTC`` model.
         batch: the collator's batch: ``input_lengths`` (samples) for waveform models,
-            ``attention_mask`` over feature frames for filter-bank models.
+            ``attention_mask`` over feature frames for filter-bank models (over samples for
+            OmniASR, whose subsampling starts from the waveform).
 
     Returns:
         ``(B,)`` LongTensor on the batch's device.
     """
-    if hasattr(model, "_get_subsampling_output_length"):  # Parakeet, LASR: frames -> subsampled
+    if hasattr(model, "_get_subsampling_output_length"):  # Parakeet, LASR, OmniASR, Granite
         lengths = model._get_subsampling_output_length(batch["attention_mask"].sum(-1))
     elif model.main_input_name == "input_features":  # w2v-BERT: frames -> adapter strides
         lengths = model._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))
@@ -70,7 +94,7 @@ def ctc_loss(
         logits: ``(B, T, V)`` raw logits of the model.
         lengths: ``(B,)`` true output frames of each row (see :func:`output_lengths`).
         labels: ``(B, L)`` label ids padded with -100.
-        blank_id: the CTC blank id (the model config's ``pad_token_id``).
+        blank_id: the CTC blank id (:func:`asr_lightning.model.families.blank_token_id`).
         reduction: ``"mean"`` (per-utterance loss divided by its label length, then averaged,
             like Hugging Face models) or ``"sum"``.
         zero_infinity: zero the loss of rows whose labels cannot fit their frames rather than

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 
 from asr_lightning.errors import ConfigError
-from asr_lightning.model.factory import head_module
+from asr_lightning.model.families import head_module
 
 SchedulerKind = Literal["linear", "cosine", "constant"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,3 +101,102 @@ def trainer(tmp_path, **kwargs: Any) -> lightning.Trainer:
         **kwargs,
     }
     return lightning.Trainer(**settings)
+
+
+# -- every CTC family of transformers, as a tiny pretrained folder ------------------------------
+
+#: Sizes that make any family's encoder tiny, set wherever a configuration has the field.
+TINY_SIZES = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "output_hidden_size": 32,
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+    "subsampling_conv_channels": 8,
+    "head_dim": 16,
+    "context_size": 16,
+}
+
+
+def _shrink(config: Any, feat_extract_norm: str) -> None:
+    for key, value in TINY_SIZES.items():
+        if hasattr(config, key):
+            setattr(config, key, value)
+    if hasattr(config, "conv_dim"):  # keep the strides, so the frame rate stays the family's
+        config.conv_dim = tuple(32 for _ in config.conv_dim)
+    if hasattr(config, "feat_extract_norm"):
+        config.feat_extract_norm = feat_extract_norm
+
+
+def family_config(model_type: str, feat_extract_norm: str = "group") -> Any:
+    """A tiny configuration of any ``AutoModelForCTC`` family, from its defaults.
+
+    Args:
+        model_type: a key of ``MODEL_FOR_CTC_MAPPING_NAMES``.
+        feat_extract_norm: feature-encoder norm of wav2vec2-family models (``group``, as in
+            wav2vec2-base, or ``layer``, as in XLS-R and the large models).
+    """
+    from transformers import CONFIG_MAPPING
+
+    config = CONFIG_MAPPING[model_type]()
+    if getattr(config, "vocab_size", 0) is None:  # w2v-BERT, conformer: encoder-only defaults
+        config.vocab_size = 32
+    _shrink(config, feat_extract_norm)
+    for name in getattr(type(config), "sub_configs", None) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None:
+            _shrink(sub, feat_extract_norm)
+    return config
+
+
+def family_feature_extractor(model_type: str, config: Any) -> Any:
+    """The feature extractor the family's released checkpoints ship (w2v-BERT: SeamlessM4T)."""
+    import transformers
+    from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
+
+    from asr_lightning.model.ctc import uses_attention_mask
+
+    if model_type == "wav2vec2-bert":
+        return transformers.SeamlessM4TFeatureExtractor()
+    name = FEATURE_EXTRACTOR_MAPPING_NAMES[model_type]
+    if name == "Wav2Vec2FeatureExtractor":
+        return transformers.Wav2Vec2FeatureExtractor(
+            do_normalize=True, return_attention_mask=uses_attention_mask(config)
+        )
+    return getattr(transformers, name)()
+
+
+def save_encoder_folder(model_type: str, path: Any, feat_extract_norm: str = "group") -> Any:
+    """Save a tiny random model of ``model_type`` as a pretrained encoder checkpoint.
+
+    The folder has what ``facebook/wav2vec2-base`` ships: ``config.json``, weights without a
+    CTC head and a feature extractor, no tokenizer. Returns the model (with its head).
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCTC
+
+    from asr_lightning.model.families import HEAD_NAMES
+
+    config = family_config(model_type, feat_extract_norm)
+    torch.manual_seed(0)
+    model = AutoModelForCTC.from_config(config)
+    folder = Path(path)
+    model.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    # (Granite Speech 5 saves no head: it is tied to the encoder's self-conditioning layer)
+    encoder = {k: v for k, v in tensors.items() if k.split(".")[0] not in HEAD_NAMES}
+    save_file(encoder, weights, metadata={"format": "pt"})
+    try:
+        family_feature_extractor(model_type, config).save_pretrained(folder)
+    except ImportError:  # Granite Speech 5's extractor needs torchaudio: the test expects that
+        (folder / "preprocessor_config.json").write_text(
+            json.dumps({"feature_extractor_type": "GraniteSpeech5FeatureExtractor"}),
+            encoding="utf-8",
+        )
+    return model
