@@ -14,6 +14,7 @@ from asr_lightning.cli import main
 from asr_lightning.errors import ConfigError
 from asr_lightning.training import best_checkpoint_of, newest_last_checkpoint
 from tests.training_support import (
+    REPO_ROOT,
     last_scalar,
     manifest_ids,
     read_records,
@@ -165,3 +166,67 @@ def test_checkpoints_best_after_validations_and_last_every_n_steps_and_at_the_en
     names = {path.name.split("-")[0] for path in (run / "checkpoints").iterdir()}
     assert names == {"step2", "step4", "last.ckpt"}  # no best checkpoint from step 3's save
     assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 5
+
+
+def _common_voice_folder(folder: Path, counts: dict[str, int]) -> Path:
+    """A Common Voice release layout (clips/ + <split>.tsv) over quickstart utterances, with
+    Common Voice's mixed case and punctuation."""
+    import json
+
+    from tests.training_support import QUICKSTART
+
+    (folder / "clips").mkdir(parents=True)
+    rows = [
+        json.loads(line)
+        for line in (QUICKSTART / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    first = 0
+    for split, count in counts.items():
+        lines = ["client_id\tpath\tsentence"]
+        for n, row in enumerate(rows[first : first + count]):
+            clip = folder / "clips" / Path(row["audio_filepath"]).name
+            clip.symlink_to(QUICKSTART / row["audio_filepath"])
+            sentence = row["text"].capitalize() + ("." if n % 2 else "!")
+            lines.append(f"speaker{n % 3}\t{clip.name}\t{sentence}")
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        first += count
+    return folder
+
+
+@pytest.mark.slow
+def test_the_xlsr_recipe_fine_tunes_a_tokenizer_less_checkpoint(tmp_path, monkeypatch):
+    """configs/xlsr_cv.yaml as it is, on a Common Voice folder and a tiny XLS-R-like encoder
+    (layer-norm feature encoder, no tokenizer, no CTC head), for two optimizer steps on CPU."""
+    import json
+
+    import yaml
+
+    from tests.model import tiny
+
+    encoder = tmp_path / "xls-r-tiny"
+    tiny.save_encoder_folder("wav2vec2", encoder, feat_extract_norm="layer")
+    cv = _common_voice_folder(tmp_path / "cv", {"train": 16, "dev": 4, "test": 4})
+    config = yaml.safe_load((REPO_ROOT / "configs" / "xlsr_cv.yaml").read_text())
+    config["trainer"] |= {
+        "accelerator": "cpu", "precision": "32-true", "max_steps": 2, "val_check_interval": 2,
+        "enable_progress_bar": False, "default_root_dir": str(tmp_path / "runs"),
+    }  # fmt: skip
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    config["model"]["model_name_or_path"] = str(encoder)
+    for split in ("train", "validation", "test"):
+        config["data"][split]["path"] = str(cv)
+    config["data"] |= {"batch_size": 4, "num_workers": 0, "duration_cache": None}
+    path = tmp_path / "xlsr.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr("sys.argv", ["asr-lightning", "fit", "--config", str(path)])
+
+    assert main() == 0
+
+    (run,) = (tmp_path / "runs" / "xls-r-300m-tr").glob("version_*")
+    vocab = json.loads((run / "hf_model" / "vocab.json").read_text(encoding="utf-8"))
+    letters = {token for token in vocab if len(token) == 1 and token.isalpha()}
+    assert letters and all(letter.islower() for letter in letters)  # text_case: lower
+    assert not {".", "!"} & set(vocab)  # punctuation dropped
+    saved = json.loads((run / "hf_model" / "config.json").read_text(encoding="utf-8"))
+    assert saved["vocab_size"] == len(vocab) and saved["mask_time_prob"] == 0.05
+    assert (saved["hidden_dropout"], saved["layerdrop"]) == (0.0, 0.0)

@@ -96,6 +96,10 @@ class ASRDataModule(pl.LightningDataModule):
             which picks the feature extractor; linked from the model.
         model_config_overrides: The model's architecture overrides (they can change the feature
             extractor, e.g. Parakeet's ``num_mel_bins``); linked from the model.
+        vocab_from_data: Build the vocabulary from the training transcripts even when the
+            pretrained checkpoint has a tokenizer, and train a new CTC head for it (e.g. an
+            English checkpoint fine-tuned to another language). A checkpoint without a tokenizer
+            (wav2vec2-base, XLS-R, HuBERT, WavLM, w2v-BERT 2.0) always gets one built from data.
         text_case: Case of the normalized text; ``auto`` follows the vocabulary's letters.
         drop_characters: Characters removed from transcripts before tokenization; ``None`` keeps
             the normalizer's default set of punctuation.
@@ -128,6 +132,7 @@ class ASRDataModule(pl.LightningDataModule):
         processor: str | None = None,
         model_type: str | None = None,
         model_config_overrides: dict[str, Any] | None = None,
+        vocab_from_data: bool = False,
         text_case: Literal["auto", "upper", "lower", "keep"] = "auto",
         drop_characters: str | None = None,
         min_duration_s: float = 1.0,
@@ -157,6 +162,7 @@ class ASRDataModule(pl.LightningDataModule):
         self.processor_name = processor
         self.model_type = model_type
         self.model_config_overrides = model_config_overrides
+        self.vocab_from_data = vocab_from_data
         self.text_case = text_case
         self.drop_characters = drop_characters
         self.rules = FilterRules(min_duration_s=min_duration_s, max_duration_s=max_duration_s)
@@ -176,25 +182,46 @@ class ASRDataModule(pl.LightningDataModule):
         self.reports: dict[str, FilterReport] = {}
         self._processor: tuple[Any, Any] | None = None
         self._vocab: dict[str, int] | None = None
+        self._vocab_is_built = False  # from the training transcripts (not the checkpoint's)
         self._train_sampler: DurationBucketSampler | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------- text side
     @property
     def vocab(self) -> dict[str, int]:
-        """The label vocabulary: the pretrained tokenizer's, or built from training transcripts."""
+        """The label vocabulary: the pretrained tokenizer's, or built from training transcripts
+        (from scratch, for a checkpoint without a tokenizer, or with ``vocab_from_data``)."""
         if self._vocab is None:
-            if self.processor_name is not None:
-                self._vocab = dict(self.tokenizer.get_vocab())
-            else:
-                self._vocab = self._build_vocab_from_train()
+            if self.processor_name is not None and not self.vocab_from_data:
+                from asr_lightning.model.factory import checkpoint_tokenizer
+
+                tokenizer, reason = checkpoint_tokenizer(self.processor_name)
+                if tokenizer is not None:
+                    self._vocab = dict(tokenizer.get_vocab())
+                    return self._vocab
+                log.info(
+                    "%s has no tokenizer (%s): building the vocabulary from the training "
+                    "transcripts, with a new CTC head",
+                    self.processor_name,
+                    reason.splitlines()[0] if reason else "none saved",
+                )
+            self._vocab = self._build_vocab_from_train()
+            self._vocab_is_built = True
         return self._vocab
 
     def _build_vocab_from_train(self) -> dict[str, int]:
         if not self.sources["train"]:
+            why = (
+                "a model trained from scratch"
+                if self.processor_name is None
+                else f"fine-tuning {self.processor_name}, which has no tokenizer"
+                if not self.vocab_from_data
+                else "data.vocab_from_data"
+            )
             raise ConfigError(
-                "a model trained from scratch needs data.train to build its vocabulary; "
-                "or set model.model_name_or_path to a pretrained checkpoint"
+                f"{why} needs data.train to build the vocabulary from its transcripts; set "
+                "data.train (the same as in fit), or give model.model_name_or_path a model "
+                "folder that has a tokenizer (e.g. the hf_model folder fit writes)"
             )
         normalizer = TextNormalizer(case=self._scratch_case(), **self._drop_kwargs())
         texts = [
@@ -225,7 +252,9 @@ class ASRDataModule(pl.LightningDataModule):
                     None, self.model_type, self.vocab, self.model_config_overrides
                 )
             else:
-                self._processor = build_processor(self.processor_name, None, None)
+                vocab = self.vocab  # decides between the checkpoint's tokenizer and the data's
+                built = vocab if self._vocab_is_built else None
+                self._processor = build_processor(self.processor_name, None, built)
         return self._processor
 
     @property
@@ -479,6 +508,7 @@ def _check_transcripts_fit(
         f"the vocabulary ({len(spelled)} characters: {spelled[: OOV_SHOWN * 3]!r}); characters "
         f"it cannot spell, most frequent first: {shown or 'none'}; e.g. {sample[0].text!r}. The "
         "transcripts and the tokenizer do not fit (another script or alphabet, digits, or a case "
-        "mismatch): pick a pretrained model whose vocabulary covers this language, or train from "
-        "scratch (model.model_name_or_path: null) so the vocabulary is built from the data."
+        "mismatch): set data.vocab_from_data: true to fine-tune this checkpoint with a vocabulary "
+        "built from the training transcripts (and a new CTC head), pick a pretrained model whose "
+        "vocabulary covers this language, or train from scratch (model.model_name_or_path: null)."
     )

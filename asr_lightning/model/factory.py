@@ -13,14 +13,22 @@ Two ways in:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from asr_lightning.errors import ConfigError, ModelError, VocabularyError
 from asr_lightning.model.ctc import uses_attention_mask
+from asr_lightning.model.families import (
+    HEAD_NAMES,
+    ctc_model_types,
+    head_module,
+    head_settings,
+)
+from asr_lightning.model.padding import guard_padding
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +38,6 @@ ScratchModelType = Literal[
 ]
 #: Token used as CTC blank and padding in every vocabulary built from data.
 BLANK_TOKEN = "<pad>"
-#: Attribute names of the CTC output layer, by family (wav2vec2 family, Parakeet/LASR).
-HEAD_NAMES = ("lm_head", "ctc_head")
-#: Sub-configuration that holds the encoder's settings in composite configs (Parakeet).
-ENCODER_CONFIG = "encoder_config"
 
 
 def _field_names(config_class: type) -> set[str]:
@@ -48,11 +52,19 @@ def _derived_names(config_class: type) -> set[str]:
     return set(vars(config_class())) - _field_names(config_class)
 
 
+def _sub_config_names(config: Any) -> list[str]:
+    """Sub-configurations holding the encoder's settings (Parakeet and LASR's ``encoder_config``,
+    OmniASR's ``audio_config``)."""
+    names = getattr(type(config), "sub_configs", None) or {}
+    return [name for name in names if getattr(config, name, None) is not None]
+
+
 def with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
     """A copy of ``config`` with ``overrides`` applied, derived values recomputed.
 
-    Keys of a composite config's encoder (``hidden_size`` for Parakeet) may be given flat; they
-    are routed to ``encoder_config``.
+    Keys of a composite config's encoder (``hidden_size`` for Parakeet, OmniASR) may be given
+    flat; they are routed to the sub-configuration that has them (``encoder_config``,
+    ``audio_config``). A key both levels have (Granite's ``vocab_size``) is set on both.
 
     Args:
         config: a ``PretrainedConfig``.
@@ -62,34 +74,35 @@ def with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
         ConfigError: a key is not an option of this architecture.
     """
     config_class = type(config)
-    top_fields = _field_names(config_class)
-    encoder = getattr(config, ENCODER_CONFIG, None)
-    encoder_fields = _field_names(type(encoder)) if encoder is not None else set()
+    subs = _sub_config_names(config)
+    top_fields = _field_names(config_class) - set(subs)
     # Values the class derives from its fields (wav2vec2's num_feat_extract_layers) are left out
     # so that they are derived again from the overridden fields.
     derived = _derived_names(config_class)
     values = {key: value for key, value in config.to_dict().items() if key not in derived}
-    encoder_derived = _derived_names(type(encoder)) if encoder is not None else set()
-    encoder_values = {
-        key: value
-        for key, value in (values.get(ENCODER_CONFIG) or {}).items()
-        if key not in encoder_derived
-    }
+    sub_values, sub_fields = {}, {}
+    for name in subs:
+        sub_class = type(getattr(config, name))
+        sub_fields[name] = _field_names(sub_class)
+        sub_derived = _derived_names(sub_class)
+        sub_values[name] = {
+            key: value for key, value in (values.get(name) or {}).items() if key not in sub_derived
+        }
     for key, value in overrides.items():
-        if key in top_fields and key != ENCODER_CONFIG:
+        owners = [name for name in subs if key in sub_fields[name]]
+        for owner in owners:  # Granite's vocab_size is the encoder's too, and must agree
+            sub_values[owner][key] = value
+        if key in top_fields:
             values[key] = value
-        elif key in encoder_fields:
-            encoder_values[key] = value
-        else:
-            known = sorted((top_fields | encoder_fields) - {ENCODER_CONFIG})
+        elif not owners:
+            known = sorted(top_fields.union(*sub_fields.values()))
             close = difflib.get_close_matches(key, known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
                 f"{key!r} is not an option of {config.model_type!r} models "
                 f"({config_class.__name__}).{hint} Remove it from the model settings."
             )
-    if encoder is not None:
-        values[ENCODER_CONFIG] = encoder_values
+    values.update(sub_values)
     return config_class(**values)
 
 
@@ -126,7 +139,7 @@ def build_config(
             f"{', '.join(ScratchModelType.__args__)} or give model_name_or_path"
         )
     default = CONFIG_MAPPING[model_type]()
-    head = {"vocab_size": vocab_size(vocab), "pad_token_id": blank_id(vocab)}
+    head = head_settings(default, vocab_size(vocab), blank_id(vocab))
     return with_overrides(default, {**dict(overrides or {}), **head})
 
 
@@ -169,15 +182,26 @@ def scratch_feature_extractor(config: Any) -> Any:
     )
 
 
-def _checkpoint_tokenizer(model_name_or_path: str) -> tuple[Any | None, str]:
-    """The checkpoint's tokenizer, or None and why it could not be loaded."""
+def checkpoint_tokenizer(model_name_or_path: str) -> tuple[Any | None, str]:
+    """The checkpoint's tokenizer, or None and why it could not be loaded.
+
+    Pretrained encoders usually ship none (``facebook/wav2vec2-base``, XLS-R, HuBERT, WavLM,
+    w2v-BERT 2.0 hold a config, weights and a feature extractor only).
+    """
     from transformers import AutoTokenizer
 
+    from asr_lightning.text.vocab import vocab_characters
+
     try:
-        return AutoTokenizer.from_pretrained(model_name_or_path), ""
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     except (OSError, ValueError, TypeError, KeyError) as err:
-        log.info("no usable tokenizer in %s (%s)", model_name_or_path, err)
-        return None, str(err).strip()
+        log.debug("no usable tokenizer in %s (%s)", model_name_or_path, err)
+        return None, "no tokenizer files"
+    delimiter = getattr(tokenizer, "word_delimiter_token", None)
+    if not vocab_characters(tokenizer.get_vocab(), delimiter, tokenizer.all_special_tokens):
+        # LASR's tokenizer class builds itself from nothing: special tokens, no text
+        return None, "its tokenizer spells no characters (a default built without files)"
+    return tokenizer, ""
 
 
 def _vocab_fits(tokenizer: Any, vocab: Mapping[str, int]) -> bool:
@@ -197,15 +221,16 @@ def resolve_tokenizer(
     from asr_lightning.text.vocab import make_tokenizer
 
     if model_name_or_path is not None:
-        tokenizer, reason = _checkpoint_tokenizer(model_name_or_path)
+        tokenizer, reason = checkpoint_tokenizer(model_name_or_path)
         if tokenizer is not None and (vocab is None or _vocab_fits(tokenizer, vocab)):
             return tokenizer, True
         if vocab is None:
             raise ModelError(
                 f"cannot load a tokenizer from {model_name_or_path}: {reason}\n"
-                "Check the hub id or folder (and HF_HUB_OFFLINE); a checkpoint without a "
-                "tokenizer (e.g. facebook/wav2vec2-base) needs the data's vocabulary "
-                "(model.vocab, linked from the datamodule) to train a new CTC head"
+                "Check the hub id or folder (and HF_HUB_OFFLINE). A checkpoint without a "
+                "tokenizer (e.g. facebook/wav2vec2-base) is fine-tuned with a vocabulary built "
+                "from the training transcripts: 'asr-lightning fit' builds it from data.train "
+                "and links it to model.vocab; in Python, pass vocab=build_vocab(transcripts)"
             )
     elif vocab is None:
         raise ConfigError(
@@ -222,11 +247,29 @@ def load_feature_extractor(model_name_or_path: str) -> Any:
 
     try:
         return AutoFeatureExtractor.from_pretrained(model_name_or_path)
+    except ImportError as err:  # Granite Speech 5's extractor needs torchaudio
+        raise ModelError(
+            f"the feature extractor of {model_name_or_path} ({_family(model_name_or_path)} "
+            "models) cannot run here: "
+            f"{' '.join(str(err).split())} asr-lightning needs no torchaudio otherwise; a "
+            "torchaudio release must match the installed torch exactly (see the README, "
+            "'Why torchaudio is optional'), or choose a model of another family."
+        ) from err
     except (OSError, ValueError) as err:
         raise ModelError(
             f"cannot load the feature extractor of {model_name_or_path}: {err}\nGive a hub id "
             "or a folder written by save_pretrained / CTCModule.save_hf"
         ) from err
+
+
+def _family(model_name_or_path: str) -> str:
+    """The model type a checkpoint's configuration names, for error messages."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_name_or_path).model_type
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def build_processor(
@@ -258,23 +301,20 @@ def build_processor(
     return scratch_feature_extractor(config), tokenizer
 
 
-def head_module(model: Any) -> Any:
-    """The CTC output layer (``lm_head`` for the wav2vec2 family, ``ctc_head`` for Parakeet)."""
-    for name in HEAD_NAMES:
-        if hasattr(model, name):
-            return getattr(model, name)
-    raise ModelError(f"{type(model).__name__} has none of the CTC heads {HEAD_NAMES}")
-
-
 def load_pretrained(
     model_name_or_path: str, tokenizer: Any, new_head: bool, overrides: Mapping[str, Any]
 ) -> Any:
     """A pretrained ``*ForCTC`` model, with a fresh head sized for ``tokenizer`` if asked.
 
+    The checkpoint may hold a whole CTC model or only its encoder (``Wav2Vec2Model`` weights,
+    no ``lm_head``): the encoder's weights are kept either way, and a new head starts from
+    PyTorch's default initialization.
+
     Args:
         model_name_or_path: hub id or local folder.
         tokenizer: the tokenizer training will use.
-        new_head: replace the checkpoint's CTC head (its vocabulary differs from the data's).
+        new_head: replace the checkpoint's CTC head (its vocabulary differs from the data's, or
+            it has none).
         overrides: configuration settings to change (dropout, masking, ...).
     """
     from transformers import AutoConfig, AutoModelForCTC
@@ -286,19 +326,87 @@ def load_pretrained(
             f"cannot load the configuration of {model_name_or_path}: {err}\nCheck the hub id "
             "or folder, or set HF_HUB_OFFLINE=0 / log in for gated models"
         ) from err
+    if config.model_type not in ctc_model_types():
+        raise ModelError(
+            f"{model_name_or_path} is a {config.model_type!r} model, which has no CTC head in "
+            f"transformers; CTC families: {', '.join(ctc_model_types())}"
+        )
     settings = dict(overrides)
     if new_head:
         vocab = tokenizer.get_vocab()
-        settings |= {"vocab_size": vocab_size(vocab), "pad_token_id": tokenizer.pad_token_id}
+        settings |= head_settings(config, vocab_size(vocab), tokenizer.pad_token_id)
     config = with_overrides(config, settings)
-    model = AutoModelForCTC.from_pretrained(
-        model_name_or_path, config=config, ignore_mismatched_sizes=new_head
-    )
-    if new_head:
+    with _quiet_load_report():
+        model, info = AutoModelForCTC.from_pretrained(
+            model_name_or_path,
+            config=config,
+            ignore_mismatched_sizes=new_head,
+            output_loading_info=True,
+        )
+    head = _report_loading(model, info, model_name_or_path)
+    if new_head or head:
         head_module(model).reset_parameters()  # same size as before still means new meanings
         log.warning(
             "new CTC head for the data's vocabulary (%d tokens) on top of %s",
             config.vocab_size,
             model_name_or_path,
         )
+    guard_padding(model)
     return model
+
+
+#: Parameters a checkpoint may lack without harm: wav2vec2's SpecAugment mask embedding exists
+#: only when masking is on, and a checkpoint saved without masking has none.
+OPTIONAL_WEIGHTS = ("masked_spec_embed",)
+
+
+def _report_loading(model: Any, info: Mapping[str, Any], source: str) -> bool:
+    """Say which weights did not come from the checkpoint; True when the CTC head is among them.
+
+    Replaces transformers' load report, which calls a missing head a problem although a new
+    vocabulary needs exactly that, and lists a pretraining checkpoint's quantizer weights.
+    """
+    head_names = {name for name, _ in model.named_children() if name in HEAD_NAMES}
+
+    def is_head(key: str) -> bool:
+        return key.split(".")[0] in head_names
+
+    missing = set(info.get("missing_keys") or ())
+    mismatched = {
+        str(item[0]) if isinstance(item, tuple) else str(item)
+        for item in info.get("mismatched_keys") or ()
+    }
+    fresh = sorted(
+        key
+        for key in missing | mismatched
+        if not is_head(key) and not key.endswith(OPTIONAL_WEIGHTS)
+    )
+    if fresh:
+        log.warning(
+            "%d encoder weights are not in %s and start from random values: %s",
+            len(fresh),
+            source,
+            ", ".join(fresh[:10]) + (" ..." if len(fresh) > 10 else ""),
+        )
+    unused = info.get("unexpected_keys") or ()
+    if unused:
+        log.info(
+            "%d weights of %s are not used by CTC fine-tuning (e.g. a pretraining quantizer): %s",
+            len(unused),
+            source,
+            ", ".join(sorted(unused)[:5]),
+        )
+    return any(is_head(key) for key in missing | mismatched)
+
+
+@contextlib.contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Silence transformers' load report while :func:`_report_loading` gives our own."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)

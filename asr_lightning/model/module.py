@@ -21,12 +21,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from asr_lightning.audio.augment import LevelMode
 from asr_lightning.audio.decode import SAMPLE_RATE
+from asr_lightning.data.collate import WAVEFORM_INPUT
 from asr_lightning.decoding.greedy import greedy_decode, ids_to_text
 from asr_lightning.errors import ConfigError
 from asr_lightning.inference.models import LEVEL_ATTRIBUTE
 from asr_lightning.model import factory
-from asr_lightning.model.ctc import ctc_loss, output_lengths, uses_attention_mask
+from asr_lightning.model.ctc import ctc_loss, model_inputs, output_lengths
 from asr_lightning.model.factory import ScratchModelType
+from asr_lightning.model.families import blank_token_id, hidden_size, padding_exact, padding_warning
 from asr_lightning.model.metrics import (
     ErrorRates,
     gather_records,
@@ -36,6 +38,8 @@ from asr_lightning.model.metrics import (
     write_jsonl,
 )
 from asr_lightning.model.optim import SchedulerKind, build_scheduler, parameter_groups
+from asr_lightning.model.padding import guard_padding
+from asr_lightning.model.precision import bf16_warning
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +167,7 @@ class CTCModule(lightning.LightningModule):
             model = AutoModelForCTC.from_config(config)
             if hp.model_type == "parakeet_ctc":
                 factory.reset_convolutions(model)
+            guard_padding(model)
             feature_extractor = factory.scratch_feature_extractor(config)
         self._prepare(model)
         setattr(feature_extractor, LEVEL_ATTRIBUTE, hp.input_level)
@@ -208,18 +213,23 @@ class CTCModule(lightning.LightningModule):
 
     @property
     def blank_id(self) -> int:
-        """The CTC blank id (``config.pad_token_id``)."""
-        return int(self._require_model().config.pad_token_id)
+        """The CTC blank id (``config.pad_token_id``, OmniASR's ``blank_token_id``)."""
+        return blank_token_id(self._require_model().config)
 
     # -- forward, loss, decoding ----------------------------------------------------------
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(B, T, V)`` and true output lengths ``(B,)`` of a collated batch."""
+        """Logits ``(B, T, V)`` and true output lengths ``(B,)`` of a collated batch.
+
+        Outside training, a family whose padding changes valid frames
+        (:func:`asr_lightning.model.families.padding_exact`) runs each row alone.
+        """
         model = self._require_model()
-        inputs = {model.main_input_name: batch[model.main_input_name]}
-        if uses_attention_mask(model.config):
-            inputs["attention_mask"] = batch["attention_mask"]
-        logits = model(**inputs).logits  # (B, T, V), blank = config.pad_token_id
+        inputs, mask = batch[model.main_input_name], batch["attention_mask"]
+        if self.training or len(inputs) < 2 or padding_exact(model.config.model_type):
+            logits = model(**model_inputs(model, inputs, mask)).logits  # (B, T, V)
+        else:
+            logits = _each_row_alone(model, inputs, mask)
         lengths = output_lengths(model, batch).clamp(max=logits.shape[1])
         return logits, lengths
 
@@ -239,6 +249,24 @@ class CTCModule(lightning.LightningModule):
         return [ids_to_text(row, self.tokenizer) for row in ids]
 
     # -- steps ------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        """Train mode for the Hugging Face model, and warnings about this run's settings.
+
+        ``from_pretrained`` returns a model in eval mode and Lightning keeps every submodule's
+        mode, so without this a fine-tune would run with dropout, LayerDrop and SpecAugment off
+        (Lightning restores the mode after each validation).
+        """
+        model = self._require_model()
+        model.train()
+        for message in (
+            padding_warning(model.config.model_type),
+            bf16_warning(self.trainer.precision, hidden_size(model.config))
+            if self.device.type == "cpu"
+            else None,
+        ):
+            if message:
+                rank_zero_warn(message)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self._skipped_total += len(batch.get("skipped", ()))
@@ -419,3 +447,15 @@ class CTCModule(lightning.LightningModule):
         self.tokenizer.save_pretrained(path)
         log.info("saved the model, feature extractor and tokenizer to %s", path)
         return path
+
+
+def _each_row_alone(model: Any, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits ``(B, T, V)`` of a padded batch computed row by row, each at its own length."""
+    time = inputs.dim() - 1 if model.main_input_name == WAVEFORM_INPUT else 1  # (B, [1,] T)
+    rows = []
+    for row in range(len(inputs)):
+        valid = int(mask[row].sum())
+        alone = inputs[row : row + 1].narrow(time, 0, valid)
+        kwargs = model_inputs(model, alone, mask[row : row + 1, :valid])
+        rows.append(model(**kwargs).logits[0])  # (T_i, V)
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)

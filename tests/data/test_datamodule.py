@@ -13,8 +13,10 @@ from asr_lightning.audio.augment import AugmentConfig
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.data.datamodule import ASRDataModule
 from asr_lightning.data.prepare import prepare_an4
+from asr_lightning.errors import ConfigError, VocabularyError
 from asr_lightning.text.vocab import build_vocab
 from tests.fixtures.bad_audio import make_bad_audio_corpus
+from tests.model import tiny
 from tests.training_support import write_manifest
 
 #: From scratch (no download): a wav2vec2 feature extractor and a vocabulary built from data.
@@ -84,6 +86,45 @@ def test_the_vocabulary_comes_from_the_training_transcripts_only(tmp_path):
     data.setup("fit")
     validation_texts = {item.text for item in data.datasets["validation"]["validation"].items}
     assert validation_texts == {"abc"}  # what the vocabulary cannot spell is dropped
+
+
+PRETRAINED = {"duration_cache": None, "num_workers": 0}
+
+
+def test_a_checkpoint_without_a_tokenizer_gets_a_vocabulary_from_the_transcripts(tmp_path):
+    tiny.save_encoder_folder("wav2vec2", tmp_path / "encoder")  # like facebook/wav2vec2-base
+    train = write_manifest(tmp_path / "train.jsonl", "train", 4, text="Abc, cab!")
+
+    data = ASRDataModule(train=str(train), processor=str(tmp_path / "encoder"), **PRETRAINED)
+
+    assert data.vocab == build_vocab(["Abc cab"])  # normalized as from scratch
+    assert data.tokenizer.get_vocab() == data.vocab
+    data.setup("fit")
+    assert {item.text for item in data.datasets["train"]["train"].items} == {"Abc cab"}
+
+
+def test_vocab_from_data_replaces_the_vocabulary_of_a_checkpoint(tmp_path):
+    folder = tiny.scratch_module().save_hf(tmp_path / "hf")  # spells a, b, c, d
+    train = write_manifest(tmp_path / "train.jsonl", "train", 4, text="xyz")
+
+    own = ASRDataModule(train=str(train), processor=str(folder), **PRETRAINED)
+    assert own.vocab == tiny.VOCAB
+    with pytest.raises(VocabularyError, match="data.vocab_from_data: true"):
+        own.setup("fit")
+
+    data = ASRDataModule(
+        train=str(train), processor=str(folder), vocab_from_data=True, **PRETRAINED
+    )
+    assert data.vocab == build_vocab(["xyz"]) and data.tokenizer.get_vocab() == data.vocab
+    data.setup("fit")
+    assert len(data.datasets["train"]["train"]) == 4
+
+
+def test_a_vocabulary_from_data_needs_training_data(tmp_path):
+    tiny.save_encoder_folder("wav2vec2", tmp_path / "encoder")
+    data = ASRDataModule(processor=str(tmp_path / "encoder"), **PRETRAINED)
+    with pytest.raises(ConfigError, match="has no tokenizer.*needs data.train"):
+        _ = data.vocab
 
 
 def test_level_normalization_applies_to_every_split(tmp_path):

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 from transformers import ParakeetFeatureExtractor, Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
 from asr_lightning.errors import ConfigError, ModelError, VocabularyError
-from asr_lightning.model.factory import build_config, build_processor, with_overrides
+from asr_lightning.model.factory import (
+    build_config,
+    build_processor,
+    checkpoint_tokenizer,
+    load_feature_extractor,
+    load_pretrained,
+    resolve_tokenizer,
+    with_overrides,
+)
+from asr_lightning.text.vocab import make_tokenizer
 from tests.model import tiny
 
 
@@ -77,8 +90,63 @@ def test_a_checkpoint_without_a_tokenizer_takes_the_datas_vocabulary(tmp_path):
     _, tokenizer = build_processor(str(tmp_path / "encoder"), vocab=tiny.VOCAB)
 
     assert tokenizer.get_vocab() == tiny.VOCAB
-    with pytest.raises(ModelError, match="needs the data's vocabulary"):
+    with pytest.raises(ModelError, match="vocabulary built from the training transcripts"):
         build_processor(str(tmp_path / "encoder"))
+
+
+def test_an_encoder_checkpoint_keeps_its_weights_under_a_new_head(tmp_path, caplog):
+    saved = tiny.save_encoder_folder("wav2vec2", tmp_path / "encoder")
+    tokenizer, own = resolve_tokenizer(str(tmp_path / "encoder"), tiny.VOCAB)
+    assert not own
+
+    with caplog.at_level(logging.INFO, logger="asr_lightning"):
+        model = load_pretrained(str(tmp_path / "encoder"), tokenizer, True, {})
+
+    encoder = {k: v for k, v in saved.state_dict().items() if not k.startswith("lm_head")}
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in encoder.items())
+    assert model.lm_head.out_features == len(tiny.VOCAB)
+    assert model.config.pad_token_id == tiny.VOCAB["<pad>"]
+    assert "new CTC head" in caplog.text and "random values" not in caplog.text
+
+
+def test_encoder_weights_a_checkpoint_lacks_are_reported(tmp_path, caplog):
+    tiny.save_encoder_folder("wav2vec2", tmp_path / "encoder")
+    weights = tmp_path / "encoder" / "model.safetensors"
+    tensors = load_file(weights)
+    dropped = next(k for k in tensors if "encoder.layers.0.attention.q_proj.weight" in k)
+    save_file({k: v for k, v in tensors.items() if k != dropped}, weights, {"format": "pt"})
+    tokenizer, _ = resolve_tokenizer(str(tmp_path / "encoder"), tiny.VOCAB)
+
+    with caplog.at_level(logging.WARNING, logger="asr_lightning"):
+        load_pretrained(str(tmp_path / "encoder"), tokenizer, True, {})
+
+    assert "1 encoder weights are not in" in caplog.text and "q_proj.weight" in caplog.text
+
+
+def test_a_tokenizer_class_that_builds_itself_from_nothing_is_no_tokenizer(tmp_path):
+    tiny.save_encoder_folder("lasr_ctc", tmp_path / "lasr")  # LasrTokenizer() has no text
+    tokenizer, reason = checkpoint_tokenizer(str(tmp_path / "lasr"))
+    assert tokenizer is None and "spells no characters" in reason
+
+
+def test_a_family_without_a_ctc_head_is_refused_by_name(tmp_path):
+    from transformers import WhisperConfig
+
+    WhisperConfig().save_pretrained(tmp_path / "whisper")
+    with pytest.raises(ModelError, match="'whisper' model, which has no CTC head.*wav2vec2"):
+        load_pretrained(str(tmp_path / "whisper"), make_tokenizer(tiny.VOCAB), True, {})
+
+
+def test_a_feature_extractor_needing_a_missing_package_names_the_family(tmp_path):
+    tiny.save_encoder_folder("granite_speech5_ctc", tmp_path / "granite")
+    try:
+        import torchaudio  # noqa: F401  (does not install beside torch 2.13)
+    except Exception:
+        with pytest.raises(ModelError, match="granite_speech5_ctc models.*torchaudio"):
+            load_feature_extractor(str(tmp_path / "granite"))
+    else:
+        assert load_feature_extractor(str(tmp_path / "granite")) is not None
 
 
 def test_a_new_parakeet_front_end_passes_the_audio_on():

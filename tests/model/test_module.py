@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import lightning
 import numpy as np
 import pytest
 import torch
@@ -13,6 +14,7 @@ from transformers import AutoModelForCTC, pipeline
 from asr_lightning.decoding.greedy import greedy_decode
 from asr_lightning.errors import ConfigError
 from asr_lightning.model.module import CTCModule
+from asr_lightning.model.precision import bf16_warning
 from tests.model import tiny
 
 
@@ -45,18 +47,47 @@ def test_a_clip_alone_and_in_a_padded_batch_gives_the_same_transcript(model_type
         assert naive[0] != greedy_decode(logits_alone, lengths_alone, module.blank_id)[0]
 
 
-def test_a_group_norm_wav2vec2_is_not_given_the_attention_mask():
+def test_a_group_norm_wav2vec2_gets_the_mask_and_is_padding_exact():
+    """wav2vec2-base's group norm saw the padding: the guard takes it off, and the mask is
+    passed so the transformer does not attend to padding either."""
     module = tiny.scratch_module(config_overrides=tiny.WAV2VEC2_GROUP_NORM).eval()
-    batch = tiny.batch_of(module, [0.3, 0.5])
     seen = {}
     module.model.register_forward_pre_hook(
         lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True
     )
+    alone = tiny.batch_of(module, [0.4], ["abc"])
+    padded = tiny.batch_of(module, [0.4, 1.0], ["abc", "cab ba"])
 
     with torch.no_grad():
-        module(batch)
+        logits_alone, lengths = module(alone)
+        logits_padded, _ = module(padded)
 
-    assert "attention_mask" not in seen and "input_values" in seen
+    assert "attention_mask" in seen
+    valid = int(lengths[0])
+    torch.testing.assert_close(logits_padded[0, :valid], logits_alone[0, :valid], atol=1e-5, rtol=0)
+
+
+def test_an_inexact_family_is_evaluated_one_row_at_a_time(monkeypatch):
+    module = tiny.scratch_module().eval()
+    padded = tiny.batch_of(module, [0.4, 1.0], ["abc", "cab ba"])
+    calls = []
+    module.model.register_forward_pre_hook(
+        lambda _, args, kwargs: calls.append(kwargs["input_values"].shape), with_kwargs=True
+    )
+    monkeypatch.setattr("asr_lightning.model.module.padding_exact", lambda model_type: False)
+
+    with torch.no_grad():
+        logits, lengths = module(padded)
+        module.train()
+        module(padded)  # training batches stay padded
+
+    lengths_in_samples = padded["input_lengths"].tolist()
+    assert calls == [
+        torch.Size([1, lengths_in_samples[0]]),
+        torch.Size([1, lengths_in_samples[1]]),
+        padded["input_values"].shape,
+    ]
+    assert logits.shape[1] >= int(lengths.max())
 
 
 @pytest.mark.parametrize("model_type", ["wav2vec2", "parakeet_ctc"])
@@ -261,3 +292,63 @@ def test_a_model_from_scratch_needs_an_architecture_and_a_vocabulary():
         CTCModule(model_name_or_path=None)
     with pytest.raises(ConfigError, match="vocab"):
         CTCModule(model_name_or_path=None, model_type="wav2vec2").configure_model()
+
+
+class _ModeProbe(lightning.Callback):
+    """Records the model's mode in each training and validation step, and whether two forward
+    passes of the same batch differ there (dropout and SpecAugment on, or off)."""
+
+    def __init__(self) -> None:
+        self.train_steps: list[tuple[bool, bool]] = []
+        self.val_steps: list[tuple[bool, bool]] = []
+
+    def _probe(self, pl_module, batch) -> tuple[bool, bool]:
+        modes = {module.training for module in pl_module.model.modules()}
+        with torch.no_grad():
+            first, second = pl_module(batch)[0], pl_module(batch)[0]
+        return modes == {True} if pl_module.training else modes == {False}, not torch.equal(
+            first, second
+        )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.train_steps.append(self._probe(pl_module, batch))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.val_steps.append(self._probe(pl_module, batch))
+
+
+def test_a_pretrained_folder_trains_in_train_mode_after_every_validation(tmp_path, recwarn):
+    """``from_pretrained`` returns eval mode, which Lightning would keep through training."""
+    tiny.scratch_module().save_hf(tmp_path / "hf")
+    module = CTCModule(
+        model_name_or_path=str(tmp_path / "hf"), mask_time_prob=0.5, mask_time_length=2
+    )
+    module.configure_model()
+    assert not module.model.training  # as from_pretrained returns it
+    batch = tiny.batch_of(module, [0.6, 0.8])
+    probe = _ModeProbe()
+    trainer = tiny.trainer(tmp_path, max_steps=4, val_check_interval=2, callbacks=[probe])
+
+    trainer.fit(module, tiny.loader(*[batch] * 4), tiny.loader(batch))
+
+    assert module.model.config.mask_time_prob == 0.5
+    assert probe.train_steps == [(True, True)] * 4  # in train mode, and masking/dropout on
+    assert probe.val_steps == [(True, False)] * 2  # in eval mode, and deterministic
+    assert not [w for w in recwarn if "eval mode" in str(w.message)]
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_with_its_measured_cost(monkeypatch, tmp_path):
+    monkeypatch.setattr("asr_lightning.model.precision.native_bf16", lambda: False)
+    module = tiny.scratch_module()
+    batch = tiny.batch_of(module, [0.3])
+    trainer = tiny.trainer(tmp_path, max_steps=1, precision="bf16-mixed")
+
+    with pytest.warns(UserWarning, match=r"bf16-mixed on a CPU without native bf16.*took [\d.]+x"):
+        trainer.fit(module, tiny.loader(batch))
+
+    assert bf16_warning("32-true", 32) is None
+
+
+def test_bf16_where_the_cpu_has_it_is_not_warned(monkeypatch):
+    monkeypatch.setattr("asr_lightning.model.precision.native_bf16", lambda: True)
+    assert bf16_warning("bf16-mixed", 32) is None
