@@ -125,6 +125,28 @@ def padding_warning(model_type: str) -> str | None:
     )
 
 
+#: Names of the subsampling front end of filter-bank families (Parakeet, OmniASR; LASR).
+SUBSAMPLING_NAMES = ("subsampling", "subsampler")
+
+
+def freeze_front_end(model: Any) -> str | None:
+    """Stop training the model's convolutional front end; returns what was frozen, or None.
+
+    wav2vec2-family models freeze their waveform feature encoder (``freeze_feature_encoder``,
+    as the Hugging Face recipe does); Parakeet, LASR and OmniASR their subsampling module.
+    Families with neither (w2v-BERT, Granite Speech 5) freeze nothing.
+    """
+    if hasattr(model, "freeze_feature_encoder"):
+        model.freeze_feature_encoder()
+        return "feature encoder"
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in SUBSAMPLING_NAMES:
+            for parameter in module.parameters():
+                parameter.requires_grad = False
+            return name
+    return None
+
+
 def hidden_size(config: Any) -> int:
     """The encoder's hidden size, also for composite configs (Parakeet, LASR, OmniASR)."""
     for owner in (

@@ -28,7 +28,13 @@ from asr_lightning.inference.models import LEVEL_ATTRIBUTE
 from asr_lightning.model import factory
 from asr_lightning.model.ctc import ctc_loss, model_inputs, output_lengths
 from asr_lightning.model.factory import ScratchModelType
-from asr_lightning.model.families import blank_token_id, hidden_size, padding_exact, padding_warning
+from asr_lightning.model.families import (
+    blank_token_id,
+    freeze_front_end,
+    hidden_size,
+    padding_exact,
+    padding_warning,
+)
 from asr_lightning.model.metrics import (
     ErrorRates,
     gather_records,
@@ -96,8 +102,10 @@ class CTCModule(lightning.LightningModule):
             input_level: The level normalization the data applies to every clip (linked from
                 ``data.level``). Saved with the feature extractor, so ``transcribe``, ``serve``,
                 the ONNX export and the SageMaker handler normalize their audio the same way.
-            freeze_feature_encoder: Freeze the convolutional waveform encoder. ``None``: freeze
-                it when fine-tuning a pretrained wav2vec2-family model, train it otherwise.
+            freeze_feature_encoder: Freeze the convolutional front end: the waveform feature
+                encoder of wav2vec2-family models (and OmniASR), the subsampling convolutions of
+                filter-bank models (Parakeet, LASR). ``None``: freeze it when fine-tuning a
+                pretrained waveform model, train it otherwise.
             gradient_checkpointing: Recompute activations in backward to save memory.
             mask_time_prob: SpecAugment: probability of masking spans of time steps
                 (wav2vec2 family only; ``None`` keeps the model's setting).
@@ -176,16 +184,14 @@ class CTCModule(lightning.LightningModule):
     def _prepare(self, model: Any) -> None:
         hp = self.hparams
         freeze = hp.freeze_feature_encoder
-        can_freeze = hasattr(model, "freeze_feature_encoder")
-        if freeze and not can_freeze:
+        if freeze is None:  # the recipe's default: a pretrained waveform encoder stays as it is
+            freeze = hp.model_name_or_path is not None and model.main_input_name == WAVEFORM_INPUT
+        if freeze and freeze_front_end(model) is None:
             raise ConfigError(
-                f"{type(model).__name__} has no convolutional feature encoder to freeze; "
-                "set freeze_feature_encoder to null or false"
+                f"{type(model).__name__} has no convolutional front end to freeze (neither a "
+                "waveform feature encoder nor subsampling convolutions); set "
+                "freeze_feature_encoder to null or false"
             )
-        if freeze is None:
-            freeze = can_freeze and hp.model_name_or_path is not None
-        if freeze:
-            model.freeze_feature_encoder()
         if hp.gradient_checkpointing:
             if not model.supports_gradient_checkpointing:
                 raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing")

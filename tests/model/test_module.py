@@ -268,6 +268,13 @@ def test_a_different_vocabulary_gets_a_new_head(tmp_path, caplog):
     assert "new CTC head" in caplog.text
 
 
+def test_freezing_a_parakeet_freezes_its_subsampling_front_end():
+    module = tiny.scratch_module("parakeet_ctc", freeze_feature_encoder=True)
+    frozen = {name for name, p in module.model.named_parameters() if not p.requires_grad}
+    assert frozen and all(name.startswith("encoder.subsampling.") for name in frozen)
+    assert all(p.requires_grad for p in tiny.scratch_module("parakeet_ctc").model.parameters())
+
+
 def test_from_scratch_the_feature_encoder_trains_unless_frozen():
     assert all(p.requires_grad for p in tiny.scratch_module().model.parameters())
     frozen = tiny.scratch_module(freeze_feature_encoder=True).model.wav2vec2.feature_extractor
@@ -278,7 +285,6 @@ def test_from_scratch_the_feature_encoder_trains_unless_frozen():
     ("settings", "message"),
     [
         ({"mask_time_prob": 0.05}, "mask_time_prob.*parakeet_ctc"),
-        ({"freeze_feature_encoder": True}, "no convolutional feature encoder"),
         ({"config_overrides": {"hiden_size": 8}}, "Did you mean hidden_size"),
     ],
 )
@@ -352,3 +358,15 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_with_its_measured_cost(monkeyp
 def test_bf16_where_the_cpu_has_it_is_not_warned(monkeypatch):
     monkeypatch.setattr("asr_lightning.model.precision.native_bf16", lambda: True)
     assert bf16_warning("bf16-mixed", 32) is None
+
+
+def test_a_family_without_a_convolutional_front_end_refuses_to_freeze_one(tmp_path):
+    tiny.save_encoder_folder("wav2vec2-bert", tmp_path / "w2v-bert")
+    module = CTCModule(
+        model_name_or_path=str(tmp_path / "w2v-bert"), vocab=tiny.VOCAB, freeze_feature_encoder=True
+    )
+    with pytest.raises(ConfigError, match="no convolutional front end"):
+        module.configure_model()
+    default = CTCModule(model_name_or_path=str(tmp_path / "w2v-bert"), vocab=tiny.VOCAB)
+    default.configure_model()  # None: nothing to freeze, everything trains
+    assert all(p.requires_grad for p in default.model.parameters())
