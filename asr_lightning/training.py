@@ -234,6 +234,16 @@ class ASRLightningCLI(LightningCLI):
             kwargs["callbacks"] = [*callbacks, MetricLines()]
         return super().instantiate_trainer(**kwargs)
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
+        """``trainer.enable_checkpointing: false`` drops the ``checkpoint`` callback and
+        ``trainer.logger: false`` the ``lr_monitor``, which the Trainer would otherwise refuse
+        with a traceback."""
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if config.get("logger") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        return super()._instantiate_trainer(config, callbacks)
+
 
 def _quiet_resume_warnings() -> None:
     """Silence two Lightning warnings that are wrong about resuming with this data module.

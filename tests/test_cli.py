@@ -193,3 +193,14 @@ def test_transcripts_the_vocabulary_cannot_spell_stop_before_training(tmp_path, 
     assert main([*args, "--data.train", str(digits)]) == 2
     assert "asr-lightning: error: 6 of 6 training transcripts" in capsys.readouterr().err
     assert not list((tmp_path / "runs").glob("**/*.ckpt"))
+
+
+def test_fit_without_checkpointing_or_logger_still_writes_the_hf_folder(tmp_path):
+    config = tiny_config(tmp_path, train=8, evaluation=4, trainer={"max_steps": 2})
+    assert main(["fit", "--config", str(config), "--trainer.enable_checkpointing", "false"]) == 0
+    (run,) = run_dirs(tmp_path)
+    assert (run / "hf_model" / "model.safetensors").is_file()
+    assert not list(run.glob("**/*.ckpt"))
+    bare = ["--trainer.logger", "false", "--hf_export.dirpath", str(tmp_path / "bare")]
+    assert main(["fit", "--config", str(config), *bare]) == 0
+    assert (tmp_path / "bare" / "model.safetensors").is_file()

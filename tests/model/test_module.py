@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import subprocess
 
 import lightning
 import numpy as np
@@ -16,6 +18,7 @@ from asr_lightning.errors import ConfigError
 from asr_lightning.model.module import CTCModule
 from asr_lightning.model.precision import bf16_warning
 from tests.model import tiny
+from tests.training_support import cli_command, cli_env, tiny_config
 
 
 @pytest.mark.parametrize("model_type", ["wav2vec2", "parakeet_ctc"])
@@ -343,20 +346,25 @@ def test_a_pretrained_folder_trains_in_train_mode_after_every_validation(tmp_pat
     assert not [w for w in recwarn if "eval mode" in str(w.message)]
 
 
-def test_bf16_on_a_cpu_that_emulates_it_is_warned_with_its_measured_cost(monkeypatch, tmp_path):
-    monkeypatch.setattr("asr_lightning.model.precision.native_bf16", lambda: False)
-    module = tiny.scratch_module()
-    batch = tiny.batch_of(module, [0.3])
-    trainer = tiny.trainer(tmp_path, max_steps=1, precision="bf16-mixed")
+#: Makes this process's oneDNN and ATen kernels those of an AVX2-only CPU (no native bf16).
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
-    with pytest.warns(UserWarning, match=r"bf16-mixed on a CPU without native bf16.*took [\d.]+x"):
-        trainer.fit(module, tiny.loader(batch))
 
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_with_its_measured_cost(tmp_path):
+    config = tiny_config(tmp_path, train=8, evaluation=4, trainer={"max_steps": 1})
+    command = cli_command("fit", "--config", str(config), "--trainer.precision", "bf16-mixed")
+    done = subprocess.run(
+        command, env={**cli_env(), **AVX2_ONLY}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    slowdown = re.search(r"bf16 is emulated here .* took ([\d.]+)x as long in bf16", done.stderr)
+    assert slowdown and float(slowdown.group(1)) > 1.5
+    assert "--trainer.precision 32-true" in done.stderr
+
+
+def test_bf16_where_it_is_fast_or_fp32_is_not_warned(monkeypatch):
     assert bf16_warning("32-true", 32) is None
-
-
-def test_bf16_where_the_cpu_has_it_is_not_warned(monkeypatch):
-    monkeypatch.setattr("asr_lightning.model.precision.native_bf16", lambda: True)
+    monkeypatch.setattr("asr_lightning.model.precision.bf16_slowdown", lambda hidden: 0.2)
     assert bf16_warning("bf16-mixed", 32) is None
 
 
