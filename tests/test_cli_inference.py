@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
+import sys
 
 from asr_lightning.cli import main
+from asr_lightning.inference.transcriber import Transcriber
+from asr_lightning.sagemaker.model_dir import complete_model_dir
+from asr_lightning.serve.loading import load_transcriber
+from asr_lightning.serve.server import ServingApp
+from tests.model import tiny
 from tests.model.tiny import scratch_module
+from tests.training_support import REPO_ROOT, run_dirs, tiny_config
 
 AN4_SPEAKER = "an4/wav/an4test_clstk/fcaw"
 
@@ -58,3 +67,52 @@ def test_transcribe_plain_text_from_a_folder(tmp_path, shared_data, capsys):
     assert code == 0
     assert len(lines) == len(list((shared_data / AN4_SPEAKER).glob("*.sph")))
     assert all(line.split("\t")[0].endswith(".sph") for line in lines)
+
+
+def test_a_tokenizer_less_fine_tune_runs_on_every_runtime(tmp_path, shared_data, capsys):
+    """The hf_model of a fine-tuned wav2vec2-base-like encoder (group norm, no tokenizer, no
+    head) in export, transcribe (torch and ONNX), the server's app and the SageMaker handler."""
+    tiny.save_encoder_folder("wav2vec2", tmp_path / "encoder")  # group norm, like the base
+    model = {"model_name_or_path": str(tmp_path / "encoder"), "model_type": None}
+    config = tiny_config(
+        tmp_path, train=12, evaluation=4, model={**model, "config_overrides": None},
+        trainer={"max_steps": 2},
+    )  # fmt: skip
+    argv = sys.argv
+    sys.argv = ["asr-lightning", "fit", "--config", str(config)]
+    try:
+        assert main() == 0
+    finally:
+        sys.argv = argv
+    hf_model = run_dirs(tmp_path)[-1] / "hf_model"
+    clips = sorted((shared_data / AN4_SPEAKER).glob("*.sph"))[:2]
+    expected = [t.text for t in Transcriber.from_pretrained(hf_model).transcribe(clips)]
+    assert any(expected)  # a random head still emits characters
+
+    capsys.readouterr()
+    check = ["--check-audio", *map(str, clips), "--json"]
+    assert main(["export", str(hf_model), "--output", str(tmp_path / "onnx"), *check]) == 0
+    assert json.loads(capsys.readouterr().out)["checks"][0]["same_transcripts"] == 2
+    assert main(["transcribe", str(tmp_path / "onnx"), *map(str, clips), "--json"]) == 0
+    assert [r["text"] for r in json.loads(capsys.readouterr().out)] == expected
+
+    model_dir = tmp_path / "sm_model"
+    shutil.copytree(hf_model, model_dir / "hf_model")
+    complete_model_dir(model_dir, REPO_ROOT)
+    app = ServingApp(load_transcriber(model_dir))
+    try:
+        for clip, text in zip(clips, expected, strict=True):
+            assert app.invoke(clip.read_bytes(), "application/octet-stream", None, None) == (
+                200,
+                {"text": text},
+            )
+    finally:
+        app.close()
+    spec = importlib.util.spec_from_file_location("handler", model_dir / "code" / "inference.py")
+    handler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handler)
+    served = handler.model_fn(str(model_dir))
+    assert served.backend.name == "onnx"
+    for clip, text in zip(clips, expected, strict=True):
+        data = handler.input_fn(clip.read_bytes(), "application/octet-stream", None)
+        assert handler.predict_fn(data, served)["text"] == text
