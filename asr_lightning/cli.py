@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from asr_lightning.sagemaker.cli import sagemaker_main
 
             return sagemaker_main(argv[1:])
-        from asr_lightning.training import run_lightning_cli
+        from asr_lightning.training.lightning_cli import run_lightning_cli
 
         run_lightning_cli(argv)
         return 0

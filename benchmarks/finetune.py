@@ -153,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| system | epochs | optimizer steps | fit wall min | test WER | test CER |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['system'].split('_')[0]} | {row['epochs']} | {row['steps']} | "
-              f"{row['fit_s'] / 60:.1f} | {100 * row['wer']:.1f}% | {100 * row['cer']:.1f}% |")
+        print(
+            f"| {row['system'].split('_')[0]} | {row['epochs']} | {row['steps']} | "
+            f"{row['fit_s'] / 60:.1f} | {100 * row['wer']:.1f}% | {100 * row['cer']:.1f}% |"
+        )
     print("\ndev WER after each epoch (%):")
     for row in rows:
         curve = " ".join(f"{100 * wer:.0f}" for wer in row["dev_wer_by_epoch"])

@@ -26,18 +26,19 @@ import jiwer
 import numpy as np
 import torch
 
+from asr_lightning.artifacts import INT8_FILE, ONNX_FILE
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.decoding.beam import BeamSearchDecoder
 from asr_lightning.decoding.lm import load_lm
-from asr_lightning.export.onnx import INT8_FILE, ONNX_FILE, export_onnx, quantize_int8
+from asr_lightning.export.onnx import export_onnx, quantize_int8
 from asr_lightning.inference.chunking import ChunkOptions
-from asr_lightning.inference.models import extract_features
 from asr_lightning.inference.transcriber import (
     FEATURE_THREADS,
     FEATURES_AHEAD,
     Transcriber,
     torch_threads,
 )
+from asr_lightning.model.features import extract_features
 from asr_lightning.text.normalize import TextNormalizer
 
 WARMUP_CLIPS = 4

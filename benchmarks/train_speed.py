@@ -189,7 +189,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def datamodule(args, settings, *, max_batch_seconds: float, cache_audio: bool):
-    from asr_lightning.data.datamodule import ASRDataModule
+    from asr_lightning.training.datamodule import ASRDataModule
 
     train, test = prepare(args)
     dm = ASRDataModule(
@@ -215,7 +215,7 @@ def datamodule(args, settings, *, max_batch_seconds: float, cache_audio: bool):
 def build_module(dm, settings):
     import lightning
 
-    from asr_lightning.model.module import CTCModule
+    from asr_lightning.training.module import CTCModule
 
     lightning.seed_everything(settings["seed"], workers=True)
     module = CTCModule(
@@ -394,7 +394,7 @@ def run_baseline(args, settings) -> dict[str, Any]:
 def run_ours(args, settings) -> dict[str, Any]:
     import lightning
 
-    from asr_lightning.memory import ReleaseMemory
+    from asr_lightning.training.memory import ReleaseMemory
 
     setup_start = time.perf_counter()
     probe = datamodule(args, settings, max_batch_seconds=200.0, cache_audio=False)

@@ -12,8 +12,8 @@ from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer, p
 
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.cli import main
-from asr_lightning.model.module import CTCModule
 from asr_lightning.text.vocab import build_vocab
+from asr_lightning.training.module import CTCModule
 from tests.model import tiny
 from tests.training_support import (
     REPO_ROOT,

@@ -20,7 +20,7 @@ from typing import Any
 
 import datasets
 
-from asr_lightning.data.sources import (
+from asr_lightning.data.records import (
     AUDIO_COLUMN_CANDIDATES,
     DEFAULT_AUDIO_COLUMN,
     DEFAULT_TEXT_COLUMN,
@@ -29,8 +29,8 @@ from asr_lightning.data.sources import (
     SourceConfig,
     SourceKind,
     Utterance,
-    _duration_value,
-    _optional_column,
+    duration_value,
+    optional_column,
     pick_column,
 )
 from asr_lightning.errors import DataSourceError
@@ -144,7 +144,7 @@ def dataset_utterances(
     text_col = pick_column(
         columns, config.text_column, DEFAULT_TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, "text"
     )
-    speaker_col = _optional_column(columns, SPEAKER_COLUMN_CANDIDATES)
+    speaker_col = optional_column(columns, SPEAKER_COLUMN_CANDIDATES)
     wanted = [audio_col, text_col, speaker_col, "id", "duration"]
     keep = [c for c in dict.fromkeys(wanted) if c in columns]
     if dataset.features is not None and isinstance(dataset.features[audio_col], datasets.Audio):
@@ -161,7 +161,7 @@ def dataset_utterances(
             id=str(row.get("id") or path_id or f"{origin}[{index}]"),
             audio=audio,
             text=row[text_col] or "",
-            duration=_duration_value(row.get("duration"), f"{origin} row {index}"),
+            duration=duration_value(row.get("duration"), f"{origin} row {index}"),
             speaker=None if speaker in (None, "") else str(speaker),
         )
 

@@ -21,29 +21,34 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
-from asr_lightning.errors import ConfigError, DataSourceError
+from asr_lightning.data.records import (
+    AUDIO_COLUMN_CANDIDATES,
+    DEFAULT_AUDIO_COLUMN,
+    DEFAULT_TEXT_COLUMN,
+    SPEAKER_COLUMN_CANDIDATES,
+    TEXT_COLUMN_CANDIDATES,
+    SourceConfig,
+    SourceKind,
+    Utterance,
+    duration_value,
+    optional_column,
+    pick_column,
+)
+from asr_lightning.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["auto", "manifest", "csv", "common_voice", "hf_hub", "hf_disk", "parquet"]
 
 #: Prefix of the string shorthand for a dataset on the Hugging Face Hub.
 HF_PREFIX = "hf:"
 #: Separates a split from a path in the string shorthand (``cv-corpus/en#dev``).
 SPLIT_SEPARATOR = "#"
-DEFAULT_AUDIO_COLUMN = "audio"
-DEFAULT_TEXT_COLUMN = "sentence"
-#: Tried in order when the configured column is the default one and is absent.
-AUDIO_COLUMN_CANDIDATES = ("audio_filepath", "path", "audio", "file", "filename", "file_name")
-TEXT_COLUMN_CANDIDATES = ("sentence", "text", "transcript", "transcription")
-SPEAKER_COLUMN_CANDIDATES = ("speaker", "speaker_id", "client_id")
 MANIFEST_SUFFIXES = (".jsonl", ".json")
 TABLE_SUFFIXES = (".csv", ".tsv")
 PARQUET_SUFFIXES = (".parquet",)
@@ -53,51 +58,6 @@ CV_DEFAULT_SPLIT = "train"
 CV_REQUIRED_COLUMNS = ("client_id", "path", "sentence")
 #: A skip reason is logged with at most this many example rows.
 LOGGED_EXAMPLES = 5
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """One transcribed recording, not yet decoded."""
-
-    id: str
-    audio: str | bytes  # absolute path, or the encoded file's bytes
-    text: str  # raw transcript, as the source has it
-    duration: float | None = None  # seconds, when the source states it
-    speaker: str | None = None
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """Where a dataset is and how to read it.
-
-    Args:
-        path: Manifest/CSV/TSV/Parquet file, Common Voice or ``save_to_disk`` folder, or a Hub
-            dataset id (``owner/name``, with ``kind: hf_hub``; ``hf:owner/name`` also works).
-        kind: How to read ``path``; ``auto`` decides from the file suffix or folder contents.
-        split: Split to read (Common Voice: train, dev, test, validated...; default train).
-        name: Configuration of a Hub dataset (e.g. ``en``).
-        audio_column: Column holding the audio (or its path). When left at ``audio`` and absent,
-            the first of audio_filepath, path, audio, file, filename, file_name is used.
-        text_column: Column holding the transcript. When left at ``sentence`` and absent, the
-            first of sentence, text, transcript, transcription is used.
-        streaming: Stream a Hub dataset instead of downloading it (iterate with ``iter_source``).
-        revision: Git revision (branch, tag or commit) of a Hub dataset.
-    """
-
-    path: str
-    kind: SourceKind = "auto"
-    split: str | None = None
-    name: str | None = None
-    audio_column: str = DEFAULT_AUDIO_COLUMN
-    text_column: str = DEFAULT_TEXT_COLUMN
-    streaming: bool = False
-    revision: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in get_args(SourceKind):
-            raise ConfigError(
-                f"source kind must be one of {', '.join(get_args(SourceKind))}, got {self.kind!r}"
-            )
 
 
 @dataclass
@@ -208,38 +168,6 @@ def is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
 
 
-# ------------------------------------------------------------------------------ columns
-def pick_column(
-    available: Sequence[str], configured: str, default: str, candidates: Sequence[str], what: str
-) -> str:
-    """The column to read: the configured one, or (if left at its default) a known alias."""
-    if configured in available:
-        return configured
-    if configured == default:
-        for candidate in candidates:
-            if candidate in available:
-                return candidate
-    raise DataSourceError(
-        f"no {what} column {configured!r}; available columns: {', '.join(available) or 'none'}. "
-        f"Set {what}_column to one of them."
-    )
-
-
-def _optional_column(available: Sequence[str], candidates: Sequence[str]) -> str | None:
-    return next((c for c in candidates if c in available), None)
-
-
-def _duration_value(value: Any, where: str) -> float | None:
-    """A stated duration in seconds, ``None`` when absent or not a finite number."""
-    if value is None or value == "":
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError) as err:
-        raise DataSourceError(f"{where}: duration {value!r} is not a number") from err
-    return seconds if math.isfinite(seconds) else None
-
-
 def _absolute(audio: str, base: Path) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(audio)))
 
@@ -273,14 +201,14 @@ def read_manifest(path: Path, config: SourceConfig | None = None) -> list[Uttera
             raise DataSourceError(f"{where}: field {audio_key!r} must be a non-empty path")
         if not isinstance(text, str):
             raise DataSourceError(f"{where}: field {text_key!r} must be a string, got {text!r}")
-        speaker_key = _optional_column(record, SPEAKER_COLUMN_CANDIDATES)  # optional per line
+        speaker_key = optional_column(record, SPEAKER_COLUMN_CANDIDATES)  # optional per line
         speaker = record[speaker_key] if speaker_key else None
         utterances.append(
             Utterance(
                 id=str(record.get("id") or audio),
                 audio=_absolute(audio, base),
                 text=text,
-                duration=_duration_value(record.get("duration"), where),
+                duration=duration_value(record.get("duration"), where),
                 speaker=None if speaker is None else str(speaker),
             )
         )
@@ -349,7 +277,7 @@ def read_table(path: Path, config: SourceConfig | None = None) -> LoadedSource:
     text_col = pick_column(
         header, config.text_column, DEFAULT_TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, "text"
     )
-    speaker_col = _optional_column(header, SPEAKER_COLUMN_CANDIDATES)
+    speaker_col = optional_column(header, SPEAKER_COLUMN_CANDIDATES)
     base = path.resolve().parent
     utterances = []
     for lineno, row in rows:
@@ -362,7 +290,7 @@ def read_table(path: Path, config: SourceConfig | None = None) -> LoadedSource:
                 id=row.get("id") or audio,
                 audio=_absolute(audio, base),
                 text=text,
-                duration=_duration_value(row.get("duration"), where),
+                duration=duration_value(row.get("duration"), where),
                 speaker=(row.get(speaker_col) or None) if speaker_col else None,
             )
         )

@@ -23,24 +23,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from asr_lightning.artifacts import INT8_FILE, METADATA_FILE, ONNX_FILE
 from asr_lightning.audio.decode import SAMPLE_RATE, AudioSource, load_audio
 from asr_lightning.data.collate import WAVEFORM_INPUT
 from asr_lightning.errors import ConfigError, ModelError
-from asr_lightning.inference.models import (
-    CTCLogits,
-    LoadedModel,
-    extract_features,
-    input_level,
-    load_model,
-    samples_per_frame,
-)
+from asr_lightning.inference.models import CTCLogits, LoadedModel, load_model
 from asr_lightning.model.families import blank_token_id, padding_exact
+from asr_lightning.model.features import extract_features, input_level, samples_per_frame
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-METADATA_FILE = "asr_lightning.json"
 DEFAULT_OPSET = 17
 MIN_OPSET = 14
 INPUT_NAMES = ("inputs", "attention_mask")

@@ -1,7 +1,7 @@
 """The two runtimes a :class:`~asr_lightning.inference.transcriber.Transcriber` can run on.
 
 Both take the padded model input and attention mask of a batch (numpy, from
-:func:`asr_lightning.inference.models.extract_features`) and return numpy logits ``(B, T, V)``
+:func:`asr_lightning.model.features.extract_features`) and return numpy logits ``(B, T, V)``
 and true output lengths ``(B,)``: PyTorch eager runs :class:`CTCLogits` around the Hugging Face
 model, onnxruntime runs its export.
 """

@@ -23,15 +23,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from asr_lightning.artifacts import METADATA_FILE
 from asr_lightning.audio.augment import normalize_level
 from asr_lightning.audio.decode import SAMPLE_RATE, AudioSource, load_audio
 from asr_lightning.decoding.greedy import GreedyHypothesis, greedy_path, ids_to_text
 from asr_lightning.errors import AsrLightningError, ModelError
 from asr_lightning.inference.backends import Backend, OnnxBackend, TorchBackend
 from asr_lightning.inference.chunking import Chunk, ChunkOptions, plan_chunks, stitch
-from asr_lightning.inference.frontend import feature_function
-from asr_lightning.inference.models import input_level, load_model, samples_per_frame
+from asr_lightning.inference.models import load_model
 from asr_lightning.model.families import blank_token_id, padding_exact
+from asr_lightning.model.features import feature_function, input_level, samples_per_frame
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,6 @@ class Transcriber:
             **kwargs: ``decoder``, ``chunking``, ``batch_size``, ``features_ahead`` (see
                 :class:`Transcriber`).
         """
-        from asr_lightning.export.onnx import METADATA_FILE
-
         metadata_path = Path(path) / METADATA_FILE
         is_onnx = metadata_path.is_file()
         if backend == "auto":
@@ -192,8 +191,6 @@ class Transcriber:
         cls, folder: Path, onnx_file: str, num_threads: int | None, **kwargs: Any
     ) -> Transcriber:
         from transformers import AutoFeatureExtractor, AutoTokenizer
-
-        from asr_lightning.export.onnx import METADATA_FILE
 
         metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
         return cls(

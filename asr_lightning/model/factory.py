@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
+from asr_lightning.audio.decode import SAMPLE_RATE
 from asr_lightning.errors import ConfigError, ModelError, VocabularyError
 from asr_lightning.model.ctc import uses_attention_mask
 from asr_lightning.model.families import (
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 ScratchModelType = Literal[
     "wav2vec2", "wav2vec2-conformer", "hubert", "wavlm", "data2vec-audio", "parakeet_ctc"
 ]
+#: Head size of the weightless model that measures a frame rate, for configs that set none.
+PROBE_VOCAB_SIZE = 32
+#: SpecAugment settings passed to the model configuration (wav2vec2 family only).
+MASKING_OPTIONS = ("mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length")
 #: Token used as CTC blank and padding in every vocabulary built from data.
 BLANK_TOKEN = "<pad>"
 
@@ -410,3 +415,78 @@ def _quiet_load_report() -> Iterator[None]:
         yield
     finally:
         hf_logging.set_verbosity(level)
+
+
+def model_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration settings a ``CTCModule``'s hyperparameters ask of its model.
+
+    ``config_overrides``, then SpecAugment and LayerDrop where set, and the CTC loss options;
+    the one place both training and checkpoint loading read them from.
+    """
+    settings = dict(hparams.get("config_overrides") or {})
+    for name in (*MASKING_OPTIONS, "layerdrop"):
+        if hparams.get(name) is not None:
+            settings[name] = hparams[name]
+    for name in ("ctc_zero_infinity", "ctc_loss_reduction"):
+        if name in hparams:
+            settings[name] = hparams[name]
+    return settings
+
+
+def build_model(
+    model_name_or_path: str | None,
+    model_type: str | None,
+    vocab: Mapping[str, int] | None,
+    settings: Mapping[str, Any],
+) -> tuple[Any, Any, Any]:
+    """``(model, feature_extractor, tokenizer)``: pretrained, or new from ``model_type``.
+
+    A pretrained checkpoint whose tokenizer does not fit ``vocab`` (or that has none) gets a
+    new CTC head for it; a new model gets a head for ``vocab``. Either way the model is guarded
+    against padding (:func:`asr_lightning.model.padding.guard_padding`).
+    """
+    tokenizer, own_tokenizer = resolve_tokenizer(model_name_or_path, vocab)
+    if model_name_or_path is not None:
+        model = load_pretrained(model_name_or_path, tokenizer, not own_tokenizer, settings)
+        return model, load_feature_extractor(model_name_or_path), tokenizer
+    from transformers import AutoModelForCTC
+
+    if model_type is None:
+        raise ConfigError("give model_name_or_path (pretrained) or model_type (from scratch)")
+    config = build_config(model_type, tokenizer.get_vocab(), settings)
+    model = AutoModelForCTC.from_config(config)
+    if model_type == "parakeet_ctc":
+        reset_convolutions(model)
+    guard_padding(model)
+    return model, scratch_feature_extractor(config), tokenizer
+
+
+def output_frames_per_second(
+    model_name_or_path: str | None,
+    model_type: str | None,
+    config_overrides: Mapping[str, Any] | None,
+    feature_extractor: Any,
+) -> float:
+    """CTC output frames per second of audio of a model, without its weights.
+
+    The model is built on PyTorch's ``meta`` device (no memory, no weights loaded): its
+    output-length arithmetic is all :func:`asr_lightning.model.features.samples_per_frame` needs.
+    """
+    import torch
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCTC
+
+    from asr_lightning.model.features import samples_per_frame
+
+    if model_name_or_path is not None:
+        config = AutoConfig.from_pretrained(model_name_or_path)
+    elif model_type is not None:
+        config = CONFIG_MAPPING[model_type]()
+    else:
+        raise ConfigError("give model_name_or_path (pretrained) or model_type (from scratch)")
+    settings = dict(config_overrides or {})
+    if getattr(config, "vocab_size", 0) is None:  # w2v-BERT's config has no head size
+        settings["vocab_size"] = PROBE_VOCAB_SIZE  # the frame rate does not depend on it
+    config = with_overrides(config, settings)
+    with torch.device("meta"):
+        model = AutoModelForCTC.from_config(config)
+    return SAMPLE_RATE / samples_per_frame(model, feature_extractor)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asr_lightning.artifacts import HF_SUBDIR
 from asr_lightning.data.sources import (
     CV_SPLITS,
     MANIFEST_SUFFIXES,
@@ -24,7 +25,6 @@ from asr_lightning.data.sources import (
     is_saved_dataset,
 )
 from asr_lightning.errors import ConfigError
-from asr_lightning.sagemaker.model_dir import HF_SUBDIR
 
 #: Where SageMaker syncs ``CheckpointConfig.S3Uri`` to and from (spot interruptions resume here).
 DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
@@ -242,7 +242,7 @@ def lightning_args(
         contract.checkpoint_dir,
         "--hf_export.dirpath",
         str(Path(contract.model_dir) / HF_SUBDIR),
-        "--trainer.callbacks+=asr_lightning.sagemaker.metrics.MetricLines",
+        "--trainer.callbacks+=asr_lightning.training.callbacks.MetricLines",
     ]
     args += _compute_args(contract)
     args += hyperparameter_args(hps)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asr_lightning.artifacts import CODE_SUBDIR
 from asr_lightning.errors import ConfigError
 from asr_lightning.sagemaker.jobs import AwsTarget, pytorch_image, sagemaker_session
-from asr_lightning.sagemaker.model_dir import CODE_SUBDIR, HANDLER
+from asr_lightning.sagemaker.model_dir import HANDLER
 
 log = logging.getLogger(__name__)
 

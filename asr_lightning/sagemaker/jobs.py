@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from asr_lightning.errors import ConfigError
 from asr_lightning.sagemaker.contract import DEFAULT_CHECKPOINT_DIR
-from asr_lightning.sagemaker.metrics import METRIC_DEFINITIONS
 from asr_lightning.sagemaker.model_dir import REQUIREMENTS, runtime_requirements
+from asr_lightning.training.callbacks import METRIC_DEFINITIONS
 
 log = logging.getLogger(__name__)
 

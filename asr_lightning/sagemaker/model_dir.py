@@ -20,13 +20,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from asr_lightning.artifacts import CODE_SUBDIR, HF_SUBDIR, ONNX_SUBDIR
 from asr_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-HF_SUBDIR = "hf_model"
-ONNX_SUBDIR = "onnx"
-CODE_SUBDIR = "code"
 HANDLER = "inference.py"
 REQUIREMENTS = "requirements.txt"
 #: The handler's place in the source tree (copied when present; another issue writes it).

@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from asr_lightning.export.onnx import METADATA_FILE
+from asr_lightning.artifacts import HF_SUBDIR, METADATA_FILE, ONNX_SUBDIR
 from asr_lightning.inference.transcriber import BackendName, Transcriber
-from asr_lightning.sagemaker.model_dir import HF_SUBDIR, ONNX_SUBDIR
 
 log = logging.getLogger(__name__)
 

@@ -165,7 +165,7 @@ def test_a_parquet_stream_with_embedded_audio_trains(tmp_path, text_side):
 
 
 def test_the_datamodule_streams_a_source_marked_streaming(tmp_path, text_side):
-    from asr_lightning.data.datamodule import ASRDataModule
+    from asr_lightning.training.datamodule import ASRDataModule
 
     rows = text_side[0]
     path = _manifest(tmp_path, rows)

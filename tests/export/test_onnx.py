@@ -11,10 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from asr_lightning.artifacts import INT8_FILE, METADATA_FILE, ONNX_FILE
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.errors import ConfigError
-from asr_lightning.export.onnx import INT8_FILE, METADATA_FILE, ONNX_FILE, export_onnx
-from asr_lightning.inference.models import CTCLogits, extract_features, load_model
+from asr_lightning.export.onnx import export_onnx
+from asr_lightning.inference.models import CTCLogits, load_model
+from asr_lightning.model.features import extract_features
 from tests.conftest import REPO_ROOT
 from tests.model.tiny import scratch_module
 

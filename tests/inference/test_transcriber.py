@@ -19,8 +19,9 @@ from asr_lightning.errors import ModelError
 from asr_lightning.export.onnx import export_onnx
 from asr_lightning.inference.backends import TorchBackend
 from asr_lightning.inference.chunking import ChunkOptions
-from asr_lightning.inference.models import CTCLogits, extract_features, load_model
+from asr_lightning.inference.models import CTCLogits, load_model
 from asr_lightning.inference.transcriber import Transcriber
+from asr_lightning.model.features import extract_features
 from tests.model.tiny import scratch_module
 
 AN4_SPEAKER = Path("an4/wav/an4test_clstk/fcaw")

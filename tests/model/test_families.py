@@ -14,7 +14,7 @@ from transformers import AutoModelForCTC, AutoTokenizer, pipeline
 
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.cli import main
-from asr_lightning.inference.models import CTCLogits, extract_features
+from asr_lightning.inference.models import CTCLogits
 from asr_lightning.inference.transcriber import Transcriber
 from asr_lightning.model.families import (
     PADDING_EXACT,
@@ -26,6 +26,7 @@ from asr_lightning.model.families import (
     padding_exact,
     padding_warning,
 )
+from asr_lightning.model.features import extract_features
 from asr_lightning.model.padding import guard_padding
 from tests.model import tiny
 from tests.training_support import QUICKSTART, run_dirs, tiny_config

@@ -9,8 +9,9 @@ from transformers import AutoModelForCTC
 
 from asr_lightning.export.onnx import export_loaded
 from asr_lightning.inference.backends import OnnxBackend
-from asr_lightning.inference.models import CTCLogits, LoadedModel, extract_features
+from asr_lightning.inference.models import CTCLogits, LoadedModel
 from asr_lightning.model.ctc import model_inputs
+from asr_lightning.model.features import extract_features
 from asr_lightning.model.padding import MaskedGroupNorm, find_guard, guard_padding
 from asr_lightning.text.vocab import make_tokenizer
 from tests.model import tiny

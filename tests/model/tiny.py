@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from asr_lightning.data.collate import CTCCollator
-from asr_lightning.model.module import CTCModule
 from asr_lightning.text.vocab import LabelEncoder, build_vocab
+from asr_lightning.training.module import CTCModule
 
 TRANSCRIPTS = ["abc", "cab ba", "bad cab", "a"]
 VOCAB = build_vocab(TRANSCRIPTS)

@@ -60,7 +60,7 @@ def test_lightning_args_map_channels_hyperparameters_and_resume(tmp_path: Path) 
     assert pairs["--model.learning_rate"] == "0.001"
     assert pairs["--trainer.max_epochs"] == "3"
     assert pairs["--trainer.num_nodes"] == "2" and pairs["--trainer.devices"] == "4"
-    assert "--trainer.callbacks+=asr_lightning.sagemaker.metrics.MetricLines" in args
+    assert "--trainer.callbacks+=asr_lightning.training.callbacks.MetricLines" in args
     assert "--ckpt_path" not in args and "t.py" not in args
     (checkpoints / "last.ckpt").write_bytes(b"")
     assert sm.lightning_args(contract, "/src")[-2:] == [

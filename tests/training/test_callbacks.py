@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from asr_lightning.export.callback import ONNXExport
 from asr_lightning.inference.transcriber import Transcriber
+from asr_lightning.training.callbacks import ONNXExport
 from tests.conftest import REPO_ROOT
 from tests.model.tiny import batch_of, loader, scratch_module, trainer
 

@@ -20,11 +20,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from asr_lightning.audio.augment import LevelMode
-from asr_lightning.audio.decode import SAMPLE_RATE
 from asr_lightning.data.collate import WAVEFORM_INPUT
 from asr_lightning.decoding.greedy import greedy_decode, ids_to_text
 from asr_lightning.errors import ConfigError
-from asr_lightning.inference.models import LEVEL_ATTRIBUTE
 from asr_lightning.model import factory
 from asr_lightning.model.ctc import ctc_loss, model_inputs, output_lengths
 from asr_lightning.model.factory import ScratchModelType
@@ -35,6 +33,7 @@ from asr_lightning.model.families import (
     padding_exact,
     padding_warning,
 )
+from asr_lightning.model.features import LEVEL_ATTRIBUTE
 from asr_lightning.model.metrics import (
     ErrorRates,
     gather_records,
@@ -44,14 +43,11 @@ from asr_lightning.model.metrics import (
     write_jsonl,
 )
 from asr_lightning.model.optim import SchedulerKind, build_scheduler, parameter_groups
-from asr_lightning.model.padding import guard_padding
 from asr_lightning.model.precision import bf16_warning
 
 log = logging.getLogger(__name__)
 
 Stage = Literal["val", "test", "predict"]
-#: SpecAugment settings passed to the model configuration (wav2vec2 family only).
-MASKING_OPTIONS = ("mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length")
 BLANK_ONLY_WARNING = (
     "every validation transcript has been empty for %d evaluations in a row: the model predicts "
     "only blanks. Likely causes: a learning rate too high (diverged) or too low; a vocabulary or "
@@ -146,37 +142,14 @@ class CTCModule(lightning.LightningModule):
 
     # -- model construction ---------------------------------------------------------------
 
-    def _config_settings(self) -> dict[str, Any]:
-        hp = self.hparams
-        settings = dict(hp.config_overrides or {})
-        for name in (*MASKING_OPTIONS, "layerdrop"):
-            if hp[name] is not None:
-                settings[name] = hp[name]
-        settings["ctc_zero_infinity"] = hp.ctc_zero_infinity
-        settings["ctc_loss_reduction"] = hp.ctc_loss_reduction
-        return settings
-
     def configure_model(self) -> None:
         """Build (or download) the model, feature extractor and tokenizer; idempotent."""
         if self.model is not None:
             return
         hp = self.hparams
-        tokenizer, own_tokenizer = factory.resolve_tokenizer(hp.model_name_or_path, hp.vocab)
-        settings = self._config_settings()
-        if hp.model_name_or_path is not None:
-            model = factory.load_pretrained(
-                hp.model_name_or_path, tokenizer, not own_tokenizer, settings
-            )
-            feature_extractor = factory.load_feature_extractor(hp.model_name_or_path)
-        else:
-            from transformers import AutoModelForCTC
-
-            config = factory.build_config(hp.model_type, tokenizer.get_vocab(), settings)
-            model = AutoModelForCTC.from_config(config)
-            if hp.model_type == "parakeet_ctc":
-                factory.reset_convolutions(model)
-            guard_padding(model)
-            feature_extractor = factory.scratch_feature_extractor(config)
+        model, feature_extractor, tokenizer = factory.build_model(
+            hp.model_name_or_path, hp.model_type, hp.vocab, factory.model_settings(hp)
+        )
         self._prepare(model)
         setattr(feature_extractor, LEVEL_ATTRIBUTE, hp.input_level)
         self.model, self.feature_extractor, self.tokenizer = model, feature_extractor, tokenizer
@@ -204,18 +177,6 @@ class CTCModule(lightning.LightningModule):
         if self.model is None:
             self.configure_model()
         return self.model
-
-    @property
-    def output_frames_per_second(self) -> float:
-        """CTC output frames per second of audio (50 for wav2vec2, 25 for Parakeet at 4x).
-
-        The data module reads it to drop utterances whose labels CTC cannot align. Measured the
-        way export and inference measure it, through the feature extractor, without a forward.
-        """
-        from asr_lightning.inference.models import samples_per_frame
-
-        model = self._require_model()
-        return SAMPLE_RATE / samples_per_frame(model, self.feature_extractor)
 
     @property
     def blank_id(self) -> int:

@@ -10,8 +10,7 @@ import pytest
 from transformers import ParakeetFeatureExtractor, Wav2Vec2FeatureExtractor
 
 from asr_lightning.audio.decode import load_audio
-from asr_lightning.inference.frontend import LogMelFrontEnd, feature_function
-from asr_lightning.inference.models import extract_features
+from asr_lightning.model.features import LogMelFrontEnd, extract_features, feature_function
 
 AN4_SPEAKER = Path("an4/wav/an4test_clstk/fcaw")
 

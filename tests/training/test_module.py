@@ -15,8 +15,8 @@ from transformers import AutoModelForCTC, pipeline
 
 from asr_lightning.decoding.greedy import greedy_decode
 from asr_lightning.errors import ConfigError
-from asr_lightning.model.module import CTCModule
 from asr_lightning.model.precision import bf16_warning
+from asr_lightning.training.module import CTCModule
 from tests.model import tiny
 from tests.training_support import cli_command, cli_env, tiny_config
 
@@ -77,7 +77,7 @@ def test_an_inexact_family_is_evaluated_one_row_at_a_time(monkeypatch):
     module.model.register_forward_pre_hook(
         lambda _, args, kwargs: calls.append(kwargs["input_values"].shape), with_kwargs=True
     )
-    monkeypatch.setattr("asr_lightning.model.module.padding_exact", lambda model_type: False)
+    monkeypatch.setattr("asr_lightning.training.module.padding_exact", lambda model_type: False)
 
     with torch.no_grad():
         logits, lengths = module(padded)

@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 from asr_lightning.errors import ConfigError
-from asr_lightning.memory import ReleaseMemory, release_freed_memory
+from asr_lightning.training.memory import ReleaseMemory, release_freed_memory
 
 BLOCK = 64 * 1024  # under glibc's mmap threshold: served from the heap, not mmap
 BLOCKS = 3000  # ~200 MB

@@ -183,6 +183,7 @@ class ASRDataModule(pl.LightningDataModule):
         self._processor: tuple[Any, Any] | None = None
         self._vocab: dict[str, int] | None = None
         self._vocab_is_built = False  # from the training transcripts (not the checkpoint's)
+        self._frames_per_second: float | None = None
         self._train_sampler: DurationBucketSampler | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
 
@@ -337,16 +338,28 @@ class ASRDataModule(pl.LightningDataModule):
             cache_audio=self.cache_audio,
         )
 
+    @property
+    def output_frames_per_second(self) -> float | None:
+        """The model's CTC output frames per second, from the model settings linked to the data
+        module (``processor``, ``model_type``, ``model_config_overrides``), with or without a
+        Trainer; ``None`` when no model is named."""
+        if self._frames_per_second is None and (self.processor_name or self.model_type):
+            from asr_lightning.model.factory import output_frames_per_second
+
+            self._frames_per_second = output_frames_per_second(
+                self.processor_name,
+                self.model_type,
+                self.model_config_overrides,
+                self.feature_extractor,
+            )
+        return self._frames_per_second
+
     def _rules_for_model(self) -> FilterRules:
-        """CTC feasibility needs the model's output frame rate, read from the attached model."""
-        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
-        fps = getattr(module, "output_frames_per_second", None)
-        if fps is None:
-            return self.rules
+        """CTC feasibility needs the model's output frame rate."""
         return FilterRules(
             min_duration_s=self.rules.min_duration_s,
             max_duration_s=self.rules.max_duration_s,
-            output_frames_per_second=float(fps),
+            output_frames_per_second=self.output_frames_per_second,
         )
 
     # ----------------------------------------------------------------------------- loaders

@@ -12,7 +12,7 @@ import torch
 
 from asr_lightning.cli import main
 from asr_lightning.errors import ConfigError
-from asr_lightning.training import best_checkpoint_of, newest_last_checkpoint
+from asr_lightning.training.lightning_cli import best_checkpoint_of, newest_last_checkpoint
 from tests.training_support import (
     REPO_ROOT,
     last_scalar,

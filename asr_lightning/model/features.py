@@ -1,4 +1,9 @@
-"""A lean log-mel front end for inference: ``ParakeetFeatureExtractor``'s numbers, less overhead.
+"""Model input from audio, one way for every runtime: feature extraction, level, frame rate.
+
+:func:`feature_function` gives ``audios -> {"inputs", "attention_mask"}`` for a model's feature
+extractor: :func:`extract_features` (the Hugging Face extractor) or, for Parakeet-style log-mel
+extractors, :class:`LogMelFrontEnd`, which gives ``ParakeetFeatureExtractor``'s numbers with
+less overhead:
 
 ``ParakeetFeatureExtractor.__call__`` converts every clip to a tensor, pads through the generic
 ``SequenceFeatureExtractor.pad``, builds a ``BatchFeature`` twice and runs a dense mel GEMM; on
@@ -24,8 +29,17 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.sparse import csr_matrix
 
-from asr_lightning.inference.models import extract_features
+from asr_lightning.audio.augment import LEVEL_MODES, LevelMode
+from asr_lightning.audio.decode import SAMPLE_RATE
+from asr_lightning.data.collate import WAVEFORM_INPUT
+from asr_lightning.errors import ModelError
+from asr_lightning.model.ctc import output_lengths
 
+#: Two audio lengths (seconds) whose output frame counts give the frame rate exactly.
+_RATE_PROBE_S = (10, 20)
+#: Feature extractor attribute (saved in ``preprocessor_config.json``) naming the level
+#: normalization training applied before the features (``data.level``), so inference applies it.
+LEVEL_ATTRIBUTE = "asr_lightning_level"
 #: ``ParakeetFeatureExtractor``'s floor under the mel energies before the log.
 LOG_ZERO_GUARD = 2.0**-24
 #: ``ParakeetFeatureExtractor``'s guard added to the standard deviation.
@@ -43,7 +57,7 @@ def feature_function(feature_extractor: Any) -> FeatureFunction:
     """``audios -> {"inputs", "attention_mask"}`` for a model's feature extractor.
 
     :class:`LogMelFrontEnd` for Parakeet-style log-mel extractors, else
-    :func:`asr_lightning.inference.models.extract_features` (waveform models only normalise).
+    :func:`extract_features` (waveform models only normalise).
     """
     if has_log_mel_front_end(feature_extractor):
         return LogMelFrontEnd(feature_extractor)
@@ -105,3 +119,55 @@ class LogMelFrontEnd:
             np.subtract(audio[1:], self.preemphasis * audio[:-1], out=out[1 : audio.size])
         else:
             out[1 : audio.size] = audio[1:]
+
+
+def extract_features(feature_extractor: Any, audios: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Padded model input and attention mask of a batch of 16 kHz clips, as numpy arrays.
+
+    The same call as the training collator, so inference sees what training saw.
+
+    Returns:
+        ``{"inputs": (B, T), (B, 1, T) or (B, T, F) float32, "attention_mask": (B, T) int64}``.
+    """
+    name = feature_extractor.model_input_names[0]
+    features = feature_extractor(
+        audios,
+        sampling_rate=SAMPLE_RATE,
+        padding=True,
+        return_attention_mask=True,
+        return_tensors="pt",  # OmniASR's extractor supports no other
+    )
+    inputs = features[name].to(torch.float32).numpy()
+    if name == WAVEFORM_INPUT:  # (B, [1,] T) samples: the mask follows the true sample counts
+        lengths = np.array([len(audio) for audio in audios])
+        mask = (np.arange(inputs.shape[-1])[None, :] < lengths[:, None]).astype(np.int64)
+    else:
+        mask = features["attention_mask"].to(torch.int64).numpy()
+    return {"inputs": inputs, "attention_mask": mask}
+
+
+def input_level(feature_extractor: Any) -> LevelMode:
+    """The level normalization a model was trained with (``"none"`` for other models)."""
+    level = getattr(feature_extractor, LEVEL_ATTRIBUTE, "none")
+    if level not in LEVEL_MODES:
+        raise ModelError(
+            f"the feature extractor's {LEVEL_ATTRIBUTE} is {level!r}, not one of {LEVEL_MODES}: "
+            "fix preprocessor_config.json"
+        )
+    return level
+
+
+def samples_per_frame(model: Any, feature_extractor: Any) -> int:
+    """Audio samples per CTC output frame (320 for wav2vec2, hop x subsampling for Parakeet).
+
+    Measured from the output lengths of two silent inputs, so it holds for any family whose
+    lengths :func:`asr_lightning.model.ctc.output_lengths` knows, without running the model.
+    """
+    frames = []
+    for seconds in _RATE_PROBE_S:
+        features = extract_features(feature_extractor, [np.zeros(seconds * SAMPLE_RATE, "f4")])
+        mask = torch.from_numpy(features["attention_mask"])
+        batch = {"attention_mask": mask, "input_lengths": mask.sum(-1)}
+        frames.append(int(output_lengths(model, batch)[0]))
+    extra_samples = (_RATE_PROBE_S[1] - _RATE_PROBE_S[0]) * SAMPLE_RATE
+    return round(extra_samples / (frames[1] - frames[0]))

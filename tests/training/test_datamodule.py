@@ -11,10 +11,10 @@ import soundfile as sf
 
 from asr_lightning.audio.augment import AugmentConfig
 from asr_lightning.audio.decode import load_audio
-from asr_lightning.data.datamodule import ASRDataModule
 from asr_lightning.data.prepare import prepare_an4
 from asr_lightning.errors import ConfigError, VocabularyError
 from asr_lightning.text.vocab import build_vocab
+from asr_lightning.training.datamodule import ASRDataModule
 from tests.fixtures.bad_audio import make_bad_audio_corpus
 from tests.model import tiny
 from tests.training_support import write_manifest
@@ -208,3 +208,23 @@ def test_an4_batches_of_the_data_module_are_under_ten_percent_padding(tmp_path, 
     sampler = data.train_dataloader().batch_sampler.sampler
     assert sampler.padding_fraction < 0.10
     assert len(data.train_dataloader()) == sampler.batches_per_epoch
+
+
+def test_ctc_infeasible_transcripts_are_dropped_without_a_trainer(tmp_path):
+    """The frame rate comes from the linked model settings, not from an attached module."""
+    from asr_lightning.data.filters import CTC_INFEASIBLE
+
+    long_text = "abc cab " * 12  # ~100 labels: more than a 12.5-frames/s model has frames
+    rows = _rows(write_manifest(tmp_path / "a.jsonl", "train", 4))
+    rows[0]["text"] = long_text
+    manifest = _write_rows(tmp_path / "train.jsonl", rows)
+    data = ASRDataModule(
+        train=str(manifest), model_type="parakeet_ctc", model_config_overrides=tiny.PARAKEET,
+        min_duration_s=0.1, duration_cache=None, num_workers=0,
+    )  # fmt: skip
+
+    assert data.output_frames_per_second == 12.5  # 10 ms hop x subsampling 8
+    data.setup("fit")
+
+    assert data.reports["train/train"].dropped[CTC_INFEASIBLE] == 1
+    assert len(data.datasets["train"]["train"]) == 3

@@ -25,125 +25,23 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
 
-from asr_lightning.data.datamodule import ASRDataModule
 from asr_lightning.errors import ConfigError
-from asr_lightning.memory import ReleaseMemory
-from asr_lightning.model.module import CTCModule
-from asr_lightning.sagemaker.metrics import MetricLines
+from asr_lightning.training.callbacks import (
+    MetricLines,
+    ResumableCheckpoint,
+    SaveHFModel,
+)
+from asr_lightning.training.datamodule import ASRDataModule
+from asr_lightning.training.memory import ReleaseMemory
+from asr_lightning.training.module import CTCModule
 
 log = logging.getLogger(__name__)
 
-#: Name of the Hugging Face model folder written next to the logs at the end of ``fit``.
-HF_FOLDER = "hf_model"
 #: Glob of the checkpoints ``ModelCheckpoint(save_last=True)`` writes (``last-v1.ckpt``...).
 LAST_GLOB = "last*.ckpt"
 #: Logger folder names when the config names none (Lightning's default).
 DEFAULT_LOGGER_NAME = "lightning_logs"
-
-
-class ResumableCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``every_n_train_steps`` refreshes ``last.ckpt`` only.
-
-    The best ``save_top_k`` checkpoints by ``monitor`` are chosen after each validation, when the
-    metric is fresh; ``last.ckpt`` is also written every ``every_n_train_steps`` optimizer steps,
-    so that a killed run resumes close to where it stopped (``fit --ckpt_path last``). Lightning's
-    own ``every_n_train_steps`` with a validation metric as ``monitor`` saves nothing before the
-    first validation, then ranks checkpoints by the previous validation's value and stops saving
-    after validations. ``last.ckpt`` is also written at the end of training when the last step
-    was not saved (``max_steps`` or ``max_time`` between two saves).
-
-    Args:
-        every_n_train_steps: Write ``last.ckpt`` every this many optimizer steps (needs
-            ``save_last``); ``None`` or 0: only after validations and at the end of training.
-        **kwargs: The other ``ModelCheckpoint`` arguments.
-    """
-
-    def __init__(self, *, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if every_n_train_steps is not None and every_n_train_steps < 0:
-            raise ConfigError(
-                f"checkpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}"
-            )
-        if every_n_train_steps and not self.save_last:
-            raise ConfigError(
-                "checkpoint.every_n_train_steps refreshes last.ckpt: set checkpoint.save_last: true"
-            )
-        self.every_n_train_steps = every_n_train_steps or 0
-        self._periodic_step = -1
-
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        step, every = trainer.global_step, self.every_n_train_steps
-        # with gradient accumulation several batches end on the same step: save once, after the
-        # batch that stepped (every rank takes the same decision: saving is collective)
-        if not every or step == 0 or step % every or step == self._periodic_step:
-            return
-        if trainer.fast_dev_run or trainer.sanity_checking:
-            return
-        self._periodic_step = step
-        self._save_last(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """``last.ckpt`` holds the final state, also when training stopped between saves."""
-        super().on_train_end(trainer, pl_module)
-        saved = (self._periodic_step, self._last_global_step_saved)
-        if self.save_last and not trainer.fast_dev_run and trainer.global_step not in saved:
-            self._save_last(trainer)
-
-    def _save_last(self, trainer: pl.Trainer) -> None:
-        path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
-        self.last_model_path = path  # before saving: it is part of the saved callback state
-        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
-
-
-def load_best_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
-    """Loads the best checkpoint's weights into the module (its processor and configuration
-    stay); returns the checkpoint's path, ``""`` when there is none."""
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        checkpoint = torch.load(best, map_location="cpu", weights_only=False)
-        pl_module.load_state_dict(checkpoint["state_dict"])
-        rank_zero_info(f"loaded the best checkpoint {best}")
-    return best
-
-
-class SaveHFModel(pl.Callback):
-    """At the end of ``fit``, saves the best checkpoint as a Hugging Face model folder.
-
-    The folder (safetensors + processor) loads with ``AutoModelForCTC.from_pretrained`` and
-    ``transformers.pipeline("automatic-speech-recognition", model=dir)``, and can be fine-tuned
-    again as ``model.model_name_or_path``.
-
-    Args:
-        dirpath: Where to write the folder; defaults to ``<log_dir>/hf_model``.
-        use_best: Load the best checkpoint (by the monitored metric) before saving.
-    """
-
-    def __init__(self, dirpath: str | None = None, use_best: bool = True) -> None:
-        self.dirpath = dirpath
-        self.use_best = use_best
-        self.saved_to: Path | None = None
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.interrupted or trainer.sanity_checking:
-            return
-        if self.use_best:
-            load_best_weights(trainer, pl_module)
-        out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / HF_FOLDER)
-        if trainer.is_global_zero:
-            pl_module.save_hf(out)
-            rank_zero_info(f"saved the Hugging Face model folder to {out}")
-        self.saved_to = out
-        trainer.strategy.barrier("hf_export")
 
 
 class ASRLightningCLI(LightningCLI):

@@ -1,0 +1,212 @@
+"""The callbacks of every ``fit``: resumable checkpoints, the Hugging Face folder at the end,
+metric lines for SageMaker, and the optional ONNX export.
+
+``ONNXExport`` is off by default (export takes a minute on big models); enable it in a config::
+
+    trainer:
+      callbacks:
+        - class_path: asr_lightning.training.callbacks.ONNXExport
+          init_args: {quantize: int8, check_audio: [data/quickstart/audio/test-00000.opus]}
+
+``MetricLines`` prints, after each validation (not the sanity check), on global rank zero, the
+line SageMaker's metric definitions (``eval_wer=([0-9.]+)``) read from the job's log::
+
+    step=120 epoch=3 eval_wer=0.412000 eval_cer=0.180000 eval_loss=1.234000
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from asr_lightning.artifacts import HF_SUBDIR, ONNX_FOLDER
+from asr_lightning.errors import ConfigError
+from asr_lightning.export.onnx import DEFAULT_OPSET, Quantization, export_loaded
+from asr_lightning.inference.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``every_n_train_steps`` refreshes ``last.ckpt`` only.
+
+    The best ``save_top_k`` checkpoints by ``monitor`` are chosen after each validation, when the
+    metric is fresh; ``last.ckpt`` is also written every ``every_n_train_steps`` optimizer steps,
+    so that a killed run resumes close to where it stopped (``fit --ckpt_path last``). Lightning's
+    own ``every_n_train_steps`` with a validation metric as ``monitor`` saves nothing before the
+    first validation, then ranks checkpoints by the previous validation's value and stops saving
+    after validations. ``last.ckpt`` is also written at the end of training when the last step
+    was not saved (``max_steps`` or ``max_time`` between two saves).
+
+    Args:
+        every_n_train_steps: Write ``last.ckpt`` every this many optimizer steps (needs
+            ``save_last``); ``None`` or 0: only after validations and at the end of training.
+        **kwargs: The other ``ModelCheckpoint`` arguments.
+    """
+
+    def __init__(self, *, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if every_n_train_steps is not None and every_n_train_steps < 0:
+            raise ConfigError(
+                f"checkpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}"
+            )
+        if every_n_train_steps and not self.save_last:
+            raise ConfigError(
+                "checkpoint.every_n_train_steps refreshes last.ckpt: set checkpoint.save_last: true"
+            )
+        self.every_n_train_steps = every_n_train_steps or 0
+        self._periodic_step = -1
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step, every = trainer.global_step, self.every_n_train_steps
+        # with gradient accumulation several batches end on the same step: save once, after the
+        # batch that stepped (every rank takes the same decision: saving is collective)
+        if not every or step == 0 or step % every or step == self._periodic_step:
+            return
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        self._periodic_step = step
+        self._save_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``last.ckpt`` holds the final state, also when training stopped between saves."""
+        super().on_train_end(trainer, pl_module)
+        saved = (self._periodic_step, self._last_global_step_saved)
+        if self.save_last and not trainer.fast_dev_run and trainer.global_step not in saved:
+            self._save_last(trainer)
+
+    def _save_last(self, trainer: pl.Trainer) -> None:
+        path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        self.last_model_path = path  # before saving: it is part of the saved callback state
+        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+
+
+def load_best_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+    """Loads the best checkpoint's weights into the module (its processor and configuration
+    stay); returns the checkpoint's path, ``""`` when there is none."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+        pl_module.load_state_dict(checkpoint["state_dict"])
+        rank_zero_info(f"loaded the best checkpoint {best}")
+    return best
+
+
+class SaveHFModel(pl.Callback):
+    """At the end of ``fit``, saves the best checkpoint as a Hugging Face model folder.
+
+    The folder (safetensors + processor) loads with ``AutoModelForCTC.from_pretrained`` and
+    ``transformers.pipeline("automatic-speech-recognition", model=dir)``, and can be fine-tuned
+    again as ``model.model_name_or_path``.
+
+    Args:
+        dirpath: Where to write the folder; defaults to ``<log_dir>/hf_model``.
+        use_best: Load the best checkpoint (by the monitored metric) before saving.
+    """
+
+    def __init__(self, dirpath: str | None = None, use_best: bool = True) -> None:
+        self.dirpath = dirpath
+        self.use_best = use_best
+        self.saved_to: Path | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted or trainer.sanity_checking:
+            return
+        if self.use_best:
+            load_best_weights(trainer, pl_module)
+        out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / HF_SUBDIR)
+        if trainer.is_global_zero:
+            pl_module.save_hf(out)
+            rank_zero_info(f"saved the Hugging Face model folder to {out}")
+        self.saved_to = out
+        trainer.strategy.barrier("hf_export")
+
+
+class ONNXExport(pl.Callback):
+    """At the end of ``fit``, exports the best checkpoint to an ONNX folder and checks it.
+
+    Args:
+        dirpath: Where to write the folder; defaults to ``<log_dir>/onnx_model``.
+        quantize: Also write ``model.int8.onnx`` (INT8 dynamic quantization).
+        opset: ONNX opset version.
+        check_audio: Clips (paths) to compare ONNX with PyTorch on; synthetic tones when empty.
+        use_best: Load the best checkpoint (by the monitored metric) before exporting.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        quantize: Quantization | None = None,
+        opset: int = DEFAULT_OPSET,
+        check_audio: list[str] | None = None,
+        use_best: bool = True,
+    ) -> None:
+        self.dirpath = dirpath
+        self.quantize = quantize
+        self.opset = opset
+        self.check_audio = list(check_audio or [])
+        self.use_best = use_best
+        self.exported_to: Path | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted or trainer.sanity_checking:
+            return
+        best = load_best_weights(trainer, pl_module) if self.use_best else ""
+        out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / ONNX_FOLDER)
+        if trainer.is_global_zero:
+            loaded = LoadedModel(
+                pl_module.model.cpu().eval(), pl_module.feature_extractor, pl_module.tokenizer
+            )
+            report = export_loaded(
+                loaded, out, self.opset, self.quantize, self.check_audio, source=best or "fit"
+            )
+            rank_zero_info(report.render())
+        self.exported_to = out
+        trainer.strategy.barrier("onnx_export")
+
+
+#: Logged metric -> name printed for SageMaker.
+PRINTED_METRICS = {"val/wer": "eval_wer", "val/cer": "eval_cer", "val/loss": "eval_loss"}
+#: Regular expressions for ``MetricDefinitions`` (one capture group: the value).
+METRIC_DEFINITIONS = {
+    name: rf"{name}=([0-9.]+)" for name in (*PRINTED_METRICS.values(), "train_loss")
+}
+
+
+def metric_line(metrics: dict[str, float], step: int, epoch: int) -> str:
+    """The printed line for the metrics present (non-finite values are left out)."""
+    parts = [f"step={step}", f"epoch={epoch}"]
+    for name, value in metrics.items():
+        if math.isfinite(value):
+            parts.append(f"{name}={value:.6f}")
+    return " ".join(parts)
+
+
+class MetricLines(pl.Callback):
+    """Prints ``eval_wer=...`` (and CER, loss, train loss) after each validation."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        logged = trainer.callback_metrics
+        metrics = {
+            printed: float(logged[key]) for key, printed in PRINTED_METRICS.items() if key in logged
+        }
+        if "train/loss" in logged:
+            metrics["train_loss"] = float(logged["train/loss"])
+        print(metric_line(metrics, trainer.global_step, trainer.current_epoch), flush=True)
