@@ -20,3 +20,7 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 #: What an ONNX folder says about its model (vocabulary, blank, feature type, frame rate...).
 METADATA_FILE = "asr_lightning.json"
+#: The decoding settings a model folder carries (``DecodingOptions`` as JSON, LM path relative).
+DECODING_FILE = "decoding.json"
+#: The language model's place in a model folder (HF and ONNX folders alike).
+LM_SUBDIR = "language_model"

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 from asr_lightning.data.durations import DEFAULT_CACHE_PATH, DurationCache
 from asr_lightning.errors import AsrLightningError
@@ -109,85 +110,108 @@ def data_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="asr-lightning export",
-        description="Export a model folder or checkpoint to ONNX and check it against PyTorch.",
+def _tool_parser(prog: str, description: str) -> Any:
+    """A jsonargparse parser: options built from the dataclasses, each default written once."""
+    from jsonargparse import ArgumentParser
+
+    return ArgumentParser(prog=f"asr-lightning {prog}", description=description)
+
+
+def _add_decoding(parser: Any) -> None:
+    from asr_lightning.decoding.options import DecodingOptions
+
+    parser.add_class_arguments(DecodingOptions, "decoding")
+
+
+def _decoding(parser: Any, argv: Sequence[str], model: str) -> Any:
+    """The model folder's decoding settings with the ``--decoding.*`` given on top."""
+    from asr_lightning.decoding.package import resolve_decoding
+
+    given = parser.parse_args(list(argv), defaults=False).get("decoding") or {}
+    return resolve_decoding(model, dict(given))
+
+
+def _export_parser() -> Any:
+    from asr_lightning.export.onnx import DEFAULT_OPSET
+
+    parser = _tool_parser(
+        "export", "Export a model folder or checkpoint to ONNX and check it against PyTorch."
     )
-    parser.add_argument("model", help="Hugging Face model folder, hub id or .ckpt checkpoint")
+    parser.add_argument("model", type=str, help="Hugging Face model folder, hub id or .ckpt")
     parser.add_argument("--output", type=Path, required=True, help="ONNX folder to write")
-    parser.add_argument("--quantize", choices=["int8"], default=None, help="also write INT8")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    parser.add_argument("--quantize", type=Literal["int8"] | None, default=None,
+                        help="also write the INT8 model")  # fmt: skip
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     parser.add_argument(
-        "--check-audio", nargs="*", default=[], help="clips (files, folders, globs) to check on"
-    )
+        "--check-audio", type=str, nargs="*", default=[],
+        help="clips (files, folders, globs) to check on",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the check report as JSON")
+    _add_decoding(parser)  # settings (and LM) the ONNX folder carries
     return parser
 
 
 def export_main(argv: Sequence[str]) -> int:
-    from asr_lightning.export.onnx import DEFAULT_OPSET, export_onnx
+    from asr_lightning.export.onnx import export_onnx
     from asr_lightning.inference.files import expand_audio_args
 
-    args = _export_parser().parse_args(argv)
+    parser = _export_parser()
+    args = parser.parse_args(list(argv))
+    decoding = _decoding(parser, argv, args.model)
     report = export_onnx(
         args.model,
         args.output,
-        opset=args.opset or DEFAULT_OPSET,
+        opset=args.opset,
         quantize=args.quantize,
         check_audio=expand_audio_args(args.check_audio),
+        decoding=decoding,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
 
 
-def _transcribe_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="asr-lightning transcribe", description="Transcribe audio files of any length."
-    )
-    parser.add_argument("model", help="model folder, .ckpt checkpoint or ONNX folder")
-    parser.add_argument("audio", nargs="+", help="audio files, folders or globs")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
-    parser.add_argument("--onnx-file", default="model.onnx", help="e.g. model.int8.onnx")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+def _runtime_arguments(parser: Any) -> None:
+    """Options ``transcribe`` and ``serve`` share: the runtime and how it decodes."""
+    from asr_lightning.artifacts import ONNX_FILE
+    from asr_lightning.inference.chunking import ChunkOptions
+
+    parser.add_argument("--backend", type=Literal["auto", "torch", "onnx"], default="auto",
+                        help="auto: onnxruntime for ONNX folders, PyTorch otherwise")  # fmt: skip
+    parser.add_argument("--onnx-file", type=str, default=ONNX_FILE, help="e.g. model.int8.onnx")
+    parser.add_argument("--threads", type=int | None, default=None, help="onnxruntime threads")
+    parser.add_class_arguments(ChunkOptions, "chunking")
+    _add_decoding(parser)
+
+
+def _transcribe_parser() -> Any:
+    from asr_lightning.inference.transcriber import DEFAULT_BATCH_SIZE
+
+    parser = _tool_parser("transcribe", "Transcribe audio files of any length.")
+    parser.add_argument("model", type=str, help="model folder, .ckpt checkpoint or ONNX folder")
+    parser.add_argument("audio", type=str, nargs="+", help="audio files, folders or globs")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="windows per forward pass")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="JSON with word timestamps")
-    parser.add_argument("--chunk-s", type=float, default=30.0, help="window length (seconds)")
-    parser.add_argument("--stride-s", type=float, default=4.0, help="context per window side")
-    parser.add_argument(
-        "--beam-width", type=int, default=None, help="beam search (default: greedy)"
-    )
-    parser.add_argument("--lm", default=None, help="word n-gram LM (ARPA, or KenLM binary)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="LM weight")
-    parser.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    _runtime_arguments(parser)
     return parser
 
 
 def transcribe_main(argv: Sequence[str]) -> int:
-    from asr_lightning.decoding.beam import BeamSearchDecoder
-    from asr_lightning.inference.chunking import ChunkOptions
     from asr_lightning.inference.files import expand_audio_args
     from asr_lightning.inference.transcriber import Transcriber
 
-    args = _transcribe_parser().parse_args(argv)
+    parser = _transcribe_parser()
+    args = parser.parse_args(list(argv))
     files = expand_audio_args(args.audio)
     transcriber = Transcriber.from_pretrained(
         args.model,
         backend=args.backend,
         onnx_file=args.onnx_file,
         num_threads=args.threads,
-        chunking=ChunkOptions(args.chunk_s, args.stride_s),
+        decoding=_decoding(parser, argv, args.model),
+        chunking=parser.instantiate(args).chunking,
         batch_size=args.batch_size,
     )
-    if args.beam_width or args.lm:
-        transcriber.decoder = BeamSearchDecoder.from_tokenizer(
-            transcriber.tokenizer,
-            transcriber.blank_id,
-            lm_path=args.lm,
-            beam_width=args.beam_width or 32,
-            alpha=args.alpha,
-            beta=args.beta,
-        )
     progress = len(files) >= PROGRESS_MIN_FILES and sys.stderr.isatty()
     results = transcriber.transcribe(files, progress=progress)
     if args.json:
@@ -200,38 +224,31 @@ def transcribe_main(argv: Sequence[str]) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
-def _serve_parser() -> argparse.ArgumentParser:
+def _serve_parser() -> Any:
+    from asr_lightning.serve.batching import BatchOptions
     from asr_lightning.serve.loading import SAGEMAKER_MODEL_DIR
+    from asr_lightning.serve.requests import DEFAULT_MAX_BODY_MB
     from asr_lightning.serve.server import DEFAULT_HOST, DEFAULT_PORT
 
-    parser = argparse.ArgumentParser(
-        prog="asr-lightning serve",
-        description="HTTP server with SageMaker's container contract (GET /ping, "
-        "POST /invocations), batching concurrent requests.",
+    parser = _tool_parser(
+        "serve",
+        "HTTP server with SageMaker's container contract (GET /ping, POST /invocations), "
+        "batching concurrent requests.",
     )
     parser.add_argument(
-        "model",
-        nargs="?",
-        default=SAGEMAKER_MODEL_DIR,
+        "model", type=str, nargs="?", default=SAGEMAKER_MODEL_DIR,
         help="model dir (onnx/ preferred over hf_model/), HF or ONNX folder, or .ckpt "
-        "(default %(default)s, where SageMaker unpacks model.tar.gz)",
-    )
+        "(default: /opt/ml/model, where SageMaker unpacks model.tar.gz)",
+    )  # fmt: skip
     parser.add_argument(
-        "--host", default=os.environ.get(SERVE_HOST_ENV, DEFAULT_HOST), help="interface"
-    )
+        "--host", type=str, default=os.environ.get(SERVE_HOST_ENV, DEFAULT_HOST),
+        help=f"interface (${SERVE_HOST_ENV} sets the default)",
+    )  # fmt: skip
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
-    parser.add_argument("--onnx-file", default="model.onnx", help="e.g. model.int8.onnx")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
-    parser.add_argument(
-        "--max-batch-size", type=int, default=8, help="requests per model call (1: no batching)"
-    )
-    parser.add_argument(
-        "--max-wait-ms", type=float, default=10.0, help="wait for a batch to fill (ms)"
-    )
-    parser.add_argument(
-        "--max-body-mb", type=float, default=16.0, help="larger bodies get 413 (MiB)"
-    )
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
+                        help="larger bodies get 413 (MiB)")  # fmt: skip
+    parser.add_class_arguments(BatchOptions, "batching")
+    _runtime_arguments(parser)
     return parser
 
 
@@ -241,27 +258,34 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def serve_main(argv: Sequence[str]) -> int:
     from asr_lightning.errors import ConfigError
-    from asr_lightning.serve.batching import BatchOptions
-    from asr_lightning.serve.loading import load_transcriber
+    from asr_lightning.serve.loading import load_transcriber, resolve_model
     from asr_lightning.serve.server import AsrServer, ServeOptions, ServingApp
 
-    args = _serve_parser().parse_args(argv)
-    batching = BatchOptions(args.max_batch_size, args.max_wait_ms)
+    parser = _serve_parser()
+    args = parser.parse_args(list(argv))
+    options = parser.instantiate(args)
+    batching = options.batching
     transcriber = load_transcriber(
         args.model,
         backend=args.backend,
         onnx_file=args.onnx_file,
         num_threads=args.threads,
-        batch_size=max(8, args.max_batch_size),
+        batch_size=max(8, batching.max_batch_size),
+        decoding=_decoding(parser, argv, resolve_model(args.model, args.backend)),
+        chunking=options.chunking,
     )
-    options = ServeOptions(batching, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    serve_options = ServeOptions(batching, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
     try:
-        server = AsrServer(ServingApp(transcriber, options), args.host, args.port)
+        server = AsrServer(ServingApp(transcriber, serve_options), args.host, args.port)
     except OSError as err:
         raise ConfigError(
             f"cannot listen on {args.host}:{args.port}: {err}; pick another --port"
         ) from err
-    print(f"serving {args.model} on {server.url} (POST /invocations, GET /ping)", flush=True)
+    print(
+        f"serving {args.model} on {server.url} (POST /invocations, GET /ping; decoding: "
+        f"{transcriber.decoding.describe()})",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, _interrupt)  # docker stop / SageMaker: finish queued requests
     try:
         server.serve_forever()

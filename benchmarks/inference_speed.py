@@ -28,8 +28,9 @@ import torch
 
 from asr_lightning.artifacts import INT8_FILE, ONNX_FILE
 from asr_lightning.audio.decode import load_audio
-from asr_lightning.decoding.beam import BeamSearchDecoder
+from asr_lightning.decoding.decoder import CTCDecoder
 from asr_lightning.decoding.lm import load_lm
+from asr_lightning.decoding.options import DecodingOptions
 from asr_lightning.export.onnx import export_onnx, quantize_int8
 from asr_lightning.inference.chunking import ChunkOptions
 from asr_lightning.inference.transcriber import (
@@ -142,20 +143,21 @@ def _lm_rows(
     return rows
 
 
-def _beam(transcriber: Transcriber, lm: str | None, beam: int, **weights) -> BeamSearchDecoder:
+def _beam(transcriber: Transcriber, lm: str | None, beam: int, **weights) -> CTCDecoder:
     """A beam search decoder for the transcriber's vocabulary, with ``lm`` if given."""
-    return BeamSearchDecoder.from_tokenizer(
-        transcriber.tokenizer, transcriber.blank_id, lm, beam_width=beam, **weights
+    options = DecodingOptions(method="beam", beam_width=beam, lm=lm, **weights)
+    return CTCDecoder(
+        transcriber.tokenizer, transcriber.blank_id, transcriber.samples_per_frame, options
     )
 
 
-def _texts_with(transcriber: Transcriber, decoder: BeamSearchDecoder, audios) -> list[str]:
-    """Transcripts with ``decoder``; the transcriber is left greedy."""
-    transcriber.decoder = decoder
+def _texts_with(transcriber: Transcriber, decoder: CTCDecoder, audios) -> list[str]:
+    """Transcripts with ``decoder``; the transcriber keeps its own decoder afterwards."""
+    own, transcriber.decoder = transcriber.decoder, decoder
     try:
         return [r.text for r in transcriber.transcribe_arrays(audios)]
     finally:
-        transcriber.decoder = None
+        transcriber.decoder = own
 
 
 def _tune_lm(transcriber: Transcriber, manifest: Path, lm: str, beam: int) -> dict:

@@ -97,7 +97,12 @@ def _free_port() -> int:
 def start_server(model: Path, max_batch: int, max_wait_ms: float):
     port = _free_port()
     command = [sys.executable, "-m", "asr_lightning.cli", "serve", str(model), "--port", str(port)]
-    command += ["--max-batch-size", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+    command += [
+        "--batching.max_batch_size",
+        str(max_batch),
+        "--batching.max_wait_ms",
+        str(max_wait_ms),
+    ]
     command += ["--max-body-mb", str(MAX_BODY_MB)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(f"/tmp/serve_load_{port}.log", "w")  # noqa: SIM115 (lives with the process)

@@ -250,10 +250,15 @@ def evaluate(model, tokenizer, dm) -> dict[str, float]:
     """WER/CER on AN4 test: the same batches and greedy decoding for both systems."""
     import jiwer
 
-    from asr_lightning.decoding.greedy import greedy_decode, ids_to_text
+    from asr_lightning.decoding.decoder import CTCDecoder
     from asr_lightning.model.ctc import output_lengths
+    from asr_lightning.model.families import blank_token_id
+    from asr_lightning.model.features import samples_per_frame
 
     model.eval()
+    decoder = CTCDecoder(
+        tokenizer, blank_token_id(model.config), samples_per_frame(model, dm.feature_extractor)
+    )
     refs, hyps = [], []
     with torch.inference_mode():
         for batch in dm.test_dataloader()[0]:
@@ -263,8 +268,7 @@ def evaluate(model, tokenizer, dm) -> dict[str, float]:
                 input_features=batch["input_features"], attention_mask=batch["attention_mask"]
             ).logits  # (B, T, V)
             lengths = output_lengths(model, batch).clamp(max=logits.shape[1])
-            ids = greedy_decode(logits, lengths, int(model.config.pad_token_id))
-            hyps += [ids_to_text(row, tokenizer) for row in ids]
+            hyps += decoder.texts(logits, lengths)  # as every runtime decodes
             refs += batch["texts"]
     return {
         "wer": jiwer.wer(refs, hyps),

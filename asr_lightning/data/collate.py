@@ -1,20 +1,19 @@
 """Turn a list of dataset items into one padded CTC batch.
 
-The model's own feature extractor pads (and, for filter-bank models, computes features), once
-per batch, in the DataLoader workers. Labels are padded with ``-100``, the value Hugging Face CTC
-heads ignore. Items the dataset could not load (``Skipped``) are listed in ``batch["skipped"]``.
+The model's feature function (the one every inference runtime runs) pads the audio, or computes
+and pads its features, once per batch, in the DataLoader workers. Labels are padded with
+``-100``, the value Hugging Face CTC heads ignore. Items the dataset could not load
+(``Skipped``) are listed in ``batch["skipped"]``, with their transcripts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-
-from asr_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,11 @@ def _is_skipped(item: Any) -> bool:
     return hasattr(item, "reason") and not hasattr(item, "audio")
 
 
+#: ``audios -> {"inputs": (B, [1,] T) or (B, T, F) array, "attention_mask": (B, T) array}``: the
+#: one feature extraction every runtime shares (``asr_lightning.model.features.feature_function``).
+FeatureFunction = Callable[[Sequence[np.ndarray]], Mapping[str, np.ndarray]]
+
+
 class CTCCollator:
     """Collate ``Example``/``Skipped`` items into the batch dict the CTC module consumes.
 
@@ -41,79 +45,50 @@ class CTCCollator:
 
     - ``<model input>``: ``input_values`` float (B, T) of samples for raw-waveform models
       (wav2vec2 family; (B, 1, T) for OmniASR), or ``input_features`` float (B, T, F) for
-      filter-bank models (Parakeet, w2v-BERT); the name is
-      ``feature_extractor.model_input_names[0]``.
-    - ``attention_mask``: long (B, T), 1 on real samples/frames. Always present: for waveform
-      inputs it is built from the true lengths even when the extractor would not return one.
+      filter-bank models (Parakeet, w2v-BERT).
+    - ``attention_mask``: long (B, T), 1 on real samples/frames.
     - ``input_lengths``: long (B,), true length of each row in 16 kHz samples.
     - ``labels``: long (B, L), padded with -100.
-    - ``ids``, ``texts``: lists of B strings; ``skipped``: list of ``(id, reason)``.
+    - ``ids``, ``texts``: lists of B strings; ``skipped``: list of ``(id, reason)``;
+      ``skipped_texts``: the transcript of each skipped item (``""`` when unknown), so that an
+      evaluation can score an unreadable utterance instead of dropping it.
 
     When every item was skipped, the batch has ``B = 0`` rows and no time steps (input shape
     (0, 0), (0, 1, 0) or (0, 0, F)), and the training step should skip it.
 
     Args:
-        feature_extractor: The model's Hugging Face feature extractor (``Wav2Vec2FeatureExtractor``,
-            ``ParakeetFeatureExtractor``, ``SeamlessM4TFeatureExtractor``, ...).
-        pad_to_multiple_of: Pad the extractor's time axis to a multiple of this (samples for
-            waveform and Parakeet extractors, frames for SeamlessM4T); ``None`` keeps each
-            extractor's default.
+        featurize: The model's feature function (the same one inference runs), in DataLoader
+            workers once per batch.
+        model_input_name: The model's input keyword (``input_values`` or ``input_features``).
     """
 
-    def __init__(self, feature_extractor: Any, pad_to_multiple_of: int | None = None) -> None:
-        rate = getattr(feature_extractor, "sampling_rate", SAMPLE_RATE)
-        if rate != SAMPLE_RATE:
-            raise ConfigError(
-                f"the feature extractor expects {rate} Hz audio but items are {SAMPLE_RATE} Hz: "
-                "use a 16 kHz model or resample its feature extractor's audio"
-            )
-        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-            raise ConfigError(f"pad_to_multiple_of must be >= 1 or None, got {pad_to_multiple_of}")
-        self.feature_extractor = feature_extractor
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.model_input_name: str = feature_extractor.model_input_names[0]
+    def __init__(self, featurize: FeatureFunction, model_input_name: str) -> None:
+        self.featurize = featurize
+        self.model_input_name = model_input_name
         self._empty_shape: tuple[int, ...] | None = None  # input shape of a batch of 0 rows
 
-    def _extract(self, audios: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
-        kwargs: dict[str, Any] = {}
-        if self.pad_to_multiple_of is not None:
-            kwargs["pad_to_multiple_of"] = self.pad_to_multiple_of
-        features = self.feature_extractor(
-            list(audios),
-            sampling_rate=SAMPLE_RATE,
-            padding=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-            **kwargs,
-        )
-        return dict(features)
+    def _extract(self, audios: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.featurize(list(audios))
+        inputs = torch.as_tensor(np.asarray(features["inputs"]), dtype=torch.float32)
+        return inputs, torch.as_tensor(np.asarray(features["attention_mask"])).long()
 
     def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
-        examples, skipped = [], []
+        examples, skipped, skipped_texts = [], [], []
         for item in items:
             if _is_skipped(item):
                 skipped.append((item.id, item.reason))
+                skipped_texts.append(getattr(item, "text", "") or "")
             elif len(item.audio) == 0:
                 skipped.append((item.id, "empty audio"))
+                skipped_texts.append(item.text)
             else:
                 examples.append(item)
         if not examples:
-            return self._empty_batch(skipped)
+            return self._empty_batch(skipped, skipped_texts)
 
         audios = [np.asarray(example.audio, dtype=np.float32) for example in examples]
         lengths = torch.tensor([audio.shape[0] for audio in audios], dtype=torch.long)  # (B,)
-        features = self._extract(audios)
-        inputs = features[self.model_input_name].to(torch.float32)  # (B, [1,] T) or (B, T, F)
-        if self.model_input_name == WAVEFORM_INPUT:  # the mask follows the true sample counts
-            mask = (torch.arange(inputs.shape[-1])[None, :] < lengths[:, None]).long()
-        elif features.get("attention_mask") is not None:
-            mask = features["attention_mask"].long()  # (B, T) over frames
-        else:
-            raise ConfigError(
-                f"{type(self.feature_extractor).__name__} returned no attention_mask for "
-                f"{self.model_input_name} of shape {tuple(inputs.shape)}: padded frames could not "
-                "be told apart; use a feature extractor that supports return_attention_mask"
-            )
+        inputs, mask = self._extract(audios)  # (B, [1,] T) or (B, T, F); (B, T)
         return {
             self.model_input_name: inputs,
             "attention_mask": mask,
@@ -122,13 +97,14 @@ class CTCCollator:
             "ids": [example.id for example in examples],
             "texts": [example.text for example in examples],
             "skipped": skipped,
+            "skipped_texts": skipped_texts,
         }
 
-    def _empty_batch(self, skipped: list[tuple[str, str]]) -> dict[str, Any]:
+    def _empty_batch(self, skipped: list[tuple[str, str]], texts: list[str]) -> dict[str, Any]:
         """A batch with zero rows, shaped like a real one (see the class docstring)."""
         if self._empty_shape is None:
-            probe = self._extract([np.zeros(_PROBE_SAMPLES, dtype=np.float32)])
-            shape = list(probe[self.model_input_name].shape)
+            probe, _ = self._extract([np.zeros(_PROBE_SAMPLES, dtype=np.float32)])
+            shape = list(probe.shape)
             time = len(shape) - 1 if self.model_input_name == WAVEFORM_INPUT else 1
             shape[0] = shape[time] = 0
             self._empty_shape = tuple(shape)
@@ -140,6 +116,7 @@ class CTCCollator:
             "ids": [],
             "texts": [],
             "skipped": skipped,
+            "skipped_texts": texts,
         }
 
 

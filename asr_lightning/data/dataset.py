@@ -40,6 +40,7 @@ class Skipped:
 
     id: str
     reason: str
+    text: str = ""  # its normalized reference, so that an evaluation can still score it
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Item:
     audio: str | bytes
     text: str
     duration: float
+    unreadable: str | None = None  # why setup could not read it (evaluation sets keep it)
 
 
 class ASRDataset(Dataset):
@@ -105,21 +107,26 @@ class ASRDataset(Dataset):
         except AsrLightningError as err:
             reason = getattr(err, "reason", str(err).splitlines()[0])
             log.debug("skipping %s: %s", item.id, reason)
-            return Skipped(item.id, f"decode failed: {reason}")
+            return Skipped(item.id, f"decode failed: {reason}", item.text)
         except Exception as err:  # a worker must never die on one file
             log.warning("skipping %s: unexpected %s: %s", item.id, type(err).__name__, err)
-            return Skipped(item.id, f"decode failed: {type(err).__name__}")
+            return Skipped(item.id, f"decode failed: {type(err).__name__}", item.text)
 
     def _decode_reason(self, index: int) -> np.ndarray | str:
-        decoded = self._decode(self.items[index])
+        item = self.items[index]
+        if item.unreadable is not None:
+            return item.unreadable
+        decoded = self._decode(item)
         return decoded.reason if isinstance(decoded, Skipped) else decoded
 
     def __getitem__(self, key: int | tuple[int, int]) -> Example | Skipped:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         item = self.items[index]
+        if item.unreadable is not None:
+            return Skipped(item.id, item.unreadable, item.text)
         if self.cache is not None:
             cached = self.cache.get(index)
-            audio = Skipped(item.id, cached) if isinstance(cached, str) else cached
+            audio = Skipped(item.id, cached, item.text) if isinstance(cached, str) else cached
         else:
             audio = self._decode(item)
         if isinstance(audio, Skipped):

@@ -140,7 +140,7 @@ class StreamingASRDataset(IterableDataset):
             try:
                 audio = load_audio(utt.audio, SAMPLE_RATE, self.backends)
             except AudioDecodeError as err:
-                yield Skipped(utt.id, decode_reason(err)), 0.0
+                yield Skipped(utt.id, decode_reason(err), self.normalizer(utt.text)), 0.0
                 continue
             seconds = audio.size / SAMPLE_RATE
             reason, text = verdict(utt, seconds, self.rules, self.normalizer, self.label_encoder)

@@ -15,37 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from asr_lightning.decoding.greedy import GreedyHypothesis
-from asr_lightning.decoding.lm import BOS, EOS, LanguageModel, load_lm
-from asr_lightning.errors import ConfigError
+from asr_lightning.decoding.lm import BOS, EOS, LanguageModel
+from asr_lightning.decoding.options import DEFAULT_DECODING, DecodingOptions
 
 NEG_INF = -math.inf
 WORD_START = "\u2581"
-
-
-@dataclass(frozen=True)
-class BeamOptions:
-    """Beam search settings."""
-
-    beam_width: int = 32
-    """Prefixes kept after each frame."""
-    alpha: float = 0.5
-    """Weight of the language model's log-probability."""
-    beta: float = 1.0
-    """Bonus per word (offsets the LM's preference for short transcripts)."""
-    token_min_logp: float = -5.0
-    """Tokens less likely than this (natural log) at a frame are not tried there."""
-    beam_prune_logp: float = -10.0
-    """Prefixes scoring this much below the best one are dropped even if the beam has room."""
-
-    def __post_init__(self) -> None:
-        if self.beam_width < 1:
-            raise ConfigError(f"beam_width must be >= 1, got {self.beam_width}")
 
 
 @dataclass(slots=True)
@@ -85,7 +63,7 @@ class BeamSearchDecoder:
         tokens: Sequence[str],
         blank_id: int,
         lm: LanguageModel | None = None,
-        options: BeamOptions = BeamOptions(),
+        options: DecodingOptions = DEFAULT_DECODING,
         word_delimiter: str | None = "|",
     ) -> None:
         """
@@ -93,7 +71,7 @@ class BeamSearchDecoder:
             tokens: token string of each id (``tokenizer.convert_ids_to_tokens``).
             blank_id: the CTC blank id.
             lm: a word language model whose words are spelled like the tokens; ``None``: none.
-            options: beam width, LM weight and word bonus, pruning.
+            options: beam width, LM weight and word bonus, pruning (the LM itself is ``lm``).
             word_delimiter: the token that separates words (``None`` for ``▁`` vocabularies).
         """
         self.tokens = list(tokens)
@@ -101,16 +79,6 @@ class BeamSearchDecoder:
         self.lm = lm
         self.options = options
         self.word_delimiter = word_delimiter
-
-    @classmethod
-    def from_tokenizer(
-        cls, tokenizer: Any, blank_id: int, lm_path: str | Path | None = None, **options: Any
-    ) -> BeamSearchDecoder:
-        """A decoder for a Hugging Face CTC tokenizer, with the LM at ``lm_path`` if given."""
-        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer.get_vocab()))))
-        lm = load_lm(lm_path) if lm_path else None
-        delimiter = getattr(tokenizer, "word_delimiter_token", None)
-        return cls(tokens, blank_id, lm, BeamOptions(**options), delimiter)
 
     def _word_score(self, words: tuple[str, ...], word: str) -> float:
         if self.lm is None:

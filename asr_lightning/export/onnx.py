@@ -26,10 +26,18 @@ import torch
 from asr_lightning.artifacts import INT8_FILE, METADATA_FILE, ONNX_FILE
 from asr_lightning.audio.decode import SAMPLE_RATE, AudioSource, load_audio
 from asr_lightning.data.collate import WAVEFORM_INPUT
+from asr_lightning.decoding.decoder import CTCDecoder
+from asr_lightning.decoding.options import DEFAULT_DECODING, DecodingOptions
+from asr_lightning.decoding.package import resolve_decoding, save_decoding
 from asr_lightning.errors import ConfigError, ModelError
 from asr_lightning.inference.models import CTCLogits, LoadedModel, load_model
 from asr_lightning.model.families import blank_token_id, padding_exact
-from asr_lightning.model.features import extract_features, input_level, samples_per_frame
+from asr_lightning.model.features import (
+    extract_features,
+    feature_function,
+    input_level,
+    samples_per_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,7 @@ class ExportCheck:
     max_abs_logit_diff: float
     """Largest absolute logit difference over every valid frame of every clip."""
     same_transcripts: int
-    """Clips whose greedy transcript is identical to PyTorch's."""
+    """Clips whose transcript (decoded with the folder's decoding) is identical to PyTorch's."""
     clips: int
     """Clips checked."""
 
@@ -72,7 +80,7 @@ class ExportReport:
         for check in self.checks:
             lines.append(
                 f"  {check.file}: max |logit diff| vs PyTorch {check.max_abs_logit_diff:.3g}, "
-                f"identical greedy transcripts {check.same_transcripts}/{check.clips}"
+                f"identical transcripts {check.same_transcripts}/{check.clips}"
             )
         return "\n".join(lines)
 
@@ -86,6 +94,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     quantize: Quantization | None = None,
     check_audio: Sequence[AudioSource] = (),
+    decoding: DecodingOptions | None = None,
 ) -> ExportReport:
     """Export a model folder or checkpoint to an ONNX folder and check it against PyTorch.
 
@@ -96,10 +105,14 @@ def export_onnx(
         quantize: also write ``model.int8.onnx`` with INT8 dynamic quantization.
         check_audio: clips to compare PyTorch and ONNX on (real speech is best); synthetic
             tones when empty.
+        decoding: decoding settings (and LM) for the folder to carry; ``None``: those of the
+            model folder or checkpoint, if any.
     """
     _check_opset(opset)
+    loaded = load_model(model_path)
+    decoding = decoding or loaded.decoding or resolve_decoding(model_path)
     return export_loaded(
-        load_model(model_path), output_dir, opset, quantize, check_audio, source=str(model_path)
+        loaded, output_dir, opset, quantize, check_audio, str(model_path), decoding
     )
 
 
@@ -110,11 +123,13 @@ def export_loaded(
     quantize: Quantization | None = None,
     check_audio: Sequence[AudioSource] = (),
     source: str = "",
+    decoding: DecodingOptions = DEFAULT_DECODING,
 ) -> ExportReport:
     """:func:`export_onnx` of a model already in memory (the export callback's entry point)."""
     _check_opset(opset)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    save_decoding(decoding, out)
     clips = [load_audio(clip) for clip in check_audio] or _synthetic_clips()
     wrapper = CTCLogits(loaded.model).eval()
     _torch_export(wrapper, loaded, clips, out / ONNX_FILE, opset)
@@ -125,7 +140,7 @@ def export_loaded(
         files.append(INT8_FILE)
     report = ExportReport(output_dir=str(out))
     for name in files:
-        report.checks.append(check_export(wrapper, loaded, out / name, clips))
+        report.checks.append(check_export(wrapper, loaded, out / name, clips, decoding))
     return report
 
 
@@ -231,18 +246,27 @@ def quantize_int8(source: Path, target: Path, op_types: Sequence[str] = QUANTIZE
 
 
 def check_export(
-    wrapper: CTCLogits, loaded: LoadedModel, onnx_path: Path, clips: list[np.ndarray]
+    wrapper: CTCLogits,
+    loaded: LoadedModel,
+    onnx_path: Path,
+    clips: list[np.ndarray],
+    decoding: DecodingOptions = DEFAULT_DECODING,
 ) -> ExportCheck:
-    """Compare PyTorch and an ONNX file clip by clip: logits on valid frames, greedy ids."""
+    """Compare PyTorch and an ONNX file clip by clip: logits on valid frames, and transcripts
+    decoded as every runtime decodes them (the same front end, the same decoding)."""
     import onnxruntime as ort
 
-    from asr_lightning.decoding.greedy import greedy_decode
-
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    blank = blank_token_id(loaded.model.config)
+    featurize = feature_function(loaded.feature_extractor)
+    decoder = CTCDecoder(
+        loaded.tokenizer,
+        blank_token_id(loaded.model.config),
+        samples_per_frame(loaded.model, loaded.feature_extractor),
+        decoding,
+    )
     worst, same = 0.0, 0
     for clip in clips:
-        features = extract_features(loaded.feature_extractor, [clip])
+        features = featurize([clip])
         with torch.no_grad():
             ref, ref_len = wrapper(
                 torch.from_numpy(features["inputs"]), torch.from_numpy(features["attention_mask"])
@@ -256,6 +280,5 @@ def check_export(
             )
         diff = np.abs(logits[0, :valid] - ref[0, :valid].numpy())
         worst = max(worst, float(diff.max(initial=0.0)))
-        ours = greedy_decode(torch.from_numpy(logits), torch.from_numpy(lengths), blank)
-        same += ours == greedy_decode(ref, ref_len, blank)
+        same += decoder.texts(logits, lengths) == decoder.texts(ref, ref_len)
     return ExportCheck(onnx_path.name, worst, same, len(clips))

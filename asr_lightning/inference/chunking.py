@@ -22,12 +22,15 @@ from asr_lightning.errors import ConfigError
 
 @dataclass(frozen=True)
 class ChunkOptions:
-    """How long audio is cut into windows."""
+    """How long audio is cut into windows.
+
+    Args:
+        chunk_s: Window length in seconds; clips up to this long are run in one pass.
+        stride_s: Context in seconds dropped from each side of an inner window's logits.
+    """
 
     chunk_s: float = 30.0
-    """Window length in seconds; clips up to this long are run in one pass."""
     stride_s: float = 4.0
-    """Context in seconds dropped from each side of an inner window's logits."""
 
     def __post_init__(self) -> None:
         if self.chunk_s <= 0 or self.stride_s < 0:

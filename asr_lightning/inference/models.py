@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from asr_lightning.decoding.options import DecodingOptions
 from asr_lightning.errors import ModelError
 from asr_lightning.model.ctc import model_inputs, output_lengths
 from asr_lightning.model.features import LEVEL_ATTRIBUTE
@@ -39,6 +40,9 @@ class LoadedModel:
     """Its feature extractor (``Wav2Vec2FeatureExtractor``, ``ParakeetFeatureExtractor``...)."""
     tokenizer: Any
     """Its CTC tokenizer."""
+    decoding: DecodingOptions | None = None
+    """The decoding a checkpoint was trained with (``model.decoding``); ``None`` for folders,
+    whose ``decoding.json`` the Transcriber reads."""
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -96,7 +100,9 @@ def _load_checkpoint(path: Path) -> LoadedModel:
     )
     model.load_state_dict(state)
     setattr(feature_extractor, LEVEL_ATTRIBUTE, hparams.get("input_level", "none"))
-    return LoadedModel(model.eval(), feature_extractor, tokenizer)
+    decoding = hparams.get("decoding")
+    options = DecodingOptions(**decoding) if isinstance(decoding, dict) else None
+    return LoadedModel(model.eval(), feature_extractor, tokenizer, options)
 
 
 class CTCLogits(torch.nn.Module):

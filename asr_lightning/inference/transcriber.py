@@ -16,17 +16,18 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from asr_lightning.artifacts import METADATA_FILE
+from asr_lightning.artifacts import METADATA_FILE, ONNX_FILE
 from asr_lightning.audio.augment import normalize_level
 from asr_lightning.audio.decode import SAMPLE_RATE, AudioSource, load_audio
-from asr_lightning.decoding.greedy import GreedyHypothesis, greedy_path, ids_to_text
+from asr_lightning.decoding.decoder import CTCDecoder, Word
+from asr_lightning.decoding.options import DEFAULT_DECODING, DecodingOptions
+from asr_lightning.decoding.package import resolve_decoding
 from asr_lightning.errors import AsrLightningError, ModelError
 from asr_lightning.inference.backends import Backend, OnnxBackend, TorchBackend
 from asr_lightning.inference.chunking import Chunk, ChunkOptions, plan_chunks, stitch
@@ -48,20 +49,9 @@ FEATURE_THREADS = 1
 #: Windows whose features are computed in a row before the model runs over them (see
 #: ``Transcriber(features_ahead=...)``): at most ~60 MB of features (64 windows of 30 s).
 FEATURES_AHEAD = 64
-#: Prefix of SentencePiece tokens that begin a word (Parakeet and other BPE vocabularies).
-WORD_START = "\u2581"
 DEFAULT_CHUNKING = ChunkOptions()
-#: Distinct words whose text a transcriber remembers.
-WORD_CACHE_SIZE = 65_536
-
-
-@dataclass(frozen=True)
-class Word:
-    """A word and where it is spoken, in seconds from the start of the file."""
-
-    word: str
-    start: float
-    end: float
+#: Windows run through the model at once.
+DEFAULT_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -102,9 +92,9 @@ class Transcriber:
         tokenizer: Any,
         samples_per_frame: int,
         blank_id: int,
-        decoder: Any | None = None,
+        decoding: DecodingOptions = DEFAULT_DECODING,
         chunking: ChunkOptions = DEFAULT_CHUNKING,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         features_ahead: int = FEATURES_AHEAD,
     ) -> None:
         """
@@ -114,7 +104,7 @@ class Transcriber:
             tokenizer: the model's CTC tokenizer.
             samples_per_frame: audio samples per CTC output frame.
             blank_id: the CTC blank id.
-            decoder: a :class:`asr_lightning.decoding.beam.BeamSearchDecoder`; ``None``: greedy.
+            decoding: how logits become text (greedy, or beam search with an LM).
             chunking: how files longer than ``chunking.chunk_s`` are cut into windows.
             batch_size: windows run through the model at once.
             features_ahead: windows whose features are computed in a row (whole batches, at
@@ -134,23 +124,27 @@ class Transcriber:
         self.tokenizer = tokenizer
         self.samples_per_frame = samples_per_frame
         self.blank_id = blank_id
-        self.decoder = decoder
         self.chunking = chunking
         self.batch_size = batch_size
         self.features_ahead = features_ahead
         self.sample_rate = int(getattr(feature_extractor, "sampling_rate", SAMPLE_RATE))
-        self._tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer.get_vocab()))))
-        self._delimiter = getattr(tokenizer, "word_delimiter_token", None)
-        # Words repeat (Zipf): cache their text instead of a tokenizer call per word.
-        self._word_text = lru_cache(maxsize=WORD_CACHE_SIZE)(self._text_of)
+        self.decoder = CTCDecoder(
+            tokenizer, blank_id, samples_per_frame, decoding, sample_rate=self.sample_rate
+        )
+
+    @property
+    def decoding(self) -> DecodingOptions:
+        """How this transcriber decodes."""
+        return self.decoder.options
 
     @classmethod
     def from_pretrained(
         cls,
         path: str | Path,
         backend: BackendName = "auto",
-        onnx_file: str = "model.onnx",
+        onnx_file: str = ONNX_FILE,
         num_threads: int | None = None,
+        decoding: DecodingOptions | None = None,
         **kwargs: Any,
     ) -> Transcriber:
         """A transcriber for a model folder, checkpoint or ONNX folder.
@@ -160,7 +154,9 @@ class Transcriber:
             backend: ``torch``, ``onnx``, or ``auto`` (onnx for ONNX folders, else torch).
             onnx_file: the ONNX file of the folder (``model.int8.onnx`` for the INT8 model).
             num_threads: onnxruntime intra-op threads (``None``: one per core).
-            **kwargs: ``decoder``, ``chunking``, ``batch_size``, ``features_ahead`` (see
+            decoding: how to decode; ``None``: as the folder's ``decoding.json`` says (the LM
+                that travels with the model), or a checkpoint's ``model.decoding``, else greedy.
+            **kwargs: ``chunking``, ``batch_size``, ``features_ahead`` (see
                 :class:`Transcriber`).
         """
         metadata_path = Path(path) / METADATA_FILE
@@ -173,7 +169,8 @@ class Transcriber:
                     f"{path} is not an ONNX folder (no {METADATA_FILE}); run "
                     f"'asr-lightning export {path} --output DIR' and transcribe DIR"
                 )
-            return cls._from_onnx(Path(path), onnx_file, num_threads, **kwargs)
+            decoding = decoding or resolve_decoding(path)
+            return cls._from_onnx(Path(path), onnx_file, num_threads, decoding, **kwargs)
         if is_onnx and not (Path(path) / "model.safetensors").is_file():
             raise ModelError(f"{path} holds an ONNX model only: use --backend onnx")
         loaded = load_model(path)
@@ -183,12 +180,18 @@ class Transcriber:
             loaded.tokenizer,
             samples_per_frame(loaded.model, loaded.feature_extractor),
             blank_token_id(loaded.model.config),
+            decoding or loaded.decoding or resolve_decoding(path),
             **_one_at_a_time(padding_exact(loaded.model.config.model_type), kwargs),
         )
 
     @classmethod
     def _from_onnx(
-        cls, folder: Path, onnx_file: str, num_threads: int | None, **kwargs: Any
+        cls,
+        folder: Path,
+        onnx_file: str,
+        num_threads: int | None,
+        decoding: DecodingOptions,
+        **kwargs: Any,
     ) -> Transcriber:
         from transformers import AutoFeatureExtractor, AutoTokenizer
 
@@ -199,6 +202,7 @@ class Transcriber:
             AutoTokenizer.from_pretrained(str(folder)),
             int(metadata["samples_per_frame"]),
             int(metadata["blank_id"]),
+            decoding,
             **_one_at_a_time(metadata.get("padding_exact", True), kwargs),
         )
 
@@ -299,28 +303,8 @@ class Transcriber:
             return Transcript(item.source, "", [], duration, item.error)
         if not item.chunks:  # too short to hold speech
             return Transcript(item.source, "", [], duration)
-        logits = stitch(item.chunks, item.logits)  # (T, V)
-        path = self._decode(logits)
-        text = ids_to_text(path.ids, self.tokenizer) if path.ids else ""
-        return Transcript(item.source, " ".join(text.split()), self._words(path), duration)
-
-    def _decode(self, logits: np.ndarray) -> GreedyHypothesis:
-        if self.decoder is not None:
-            return self.decoder.decode(logits)
-        return greedy_path(logits, self.blank_id)
-
-    def _text_of(self, ids: tuple[int, ...]) -> str:
-        return ids_to_text(ids, self.tokenizer).strip()
-
-    def _words(self, path: GreedyHypothesis) -> list[Word]:
-        """Words from the emitted tokens: split at the delimiter token or at ``▁`` tokens."""
-        seconds = self.samples_per_frame / self.sample_rate
-        words = []
-        for ids, start, end in _word_spans(path, self._tokens, self._delimiter):
-            text = self._word_text(tuple(ids))
-            if text:
-                words.append(Word(text, round(start * seconds, 3), round(end * seconds, 3)))
-        return words
+        decoded = self.decoder.decode(stitch(item.chunks, item.logits))  # (T, V) logits
+        return Transcript(item.source, decoded.text, decoded.words, duration)
 
 
 def _one_at_a_time(exact: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -334,28 +318,6 @@ def _one_at_a_time(exact: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
 def _windows(segments: list[tuple[_Item, int]]) -> list[np.ndarray]:
     """The audio of each ``(item, chunk index)`` window."""
     return [item.audio[item.chunks[i].start : item.chunks[i].end] for item, i in segments]
-
-
-def _word_spans(
-    path: GreedyHypothesis, tokens: Sequence[str], delimiter: str | None
-) -> Iterator[tuple[list[int], int, int]]:
-    """``(token ids, first frame, frame past the end)`` of each word of a decoded path."""
-    current: list[int] = []
-    start = end = 0
-    for token_id, first, last in zip(path.ids, path.start_frames, path.end_frames, strict=True):
-        token = tokens[token_id] if token_id < len(tokens) else ""
-        if token == delimiter or (token.startswith(WORD_START) and current):
-            if current:
-                yield current, start, end
-            current = []
-            if token == delimiter:
-                continue
-        if not current:
-            start = first
-        current.append(token_id)
-        end = last
-    if current:
-        yield current, start, end
 
 
 @contextmanager

@@ -31,8 +31,8 @@ from scipy.sparse import csr_matrix
 
 from asr_lightning.audio.augment import LEVEL_MODES, LevelMode
 from asr_lightning.audio.decode import SAMPLE_RATE
-from asr_lightning.data.collate import WAVEFORM_INPUT
-from asr_lightning.errors import ModelError
+from asr_lightning.data.collate import WAVEFORM_INPUT, CTCCollator
+from asr_lightning.errors import ConfigError, ModelError
 from asr_lightning.model.ctc import output_lengths
 
 #: Two audio lengths (seconds) whose output frame counts give the frame rate exactly.
@@ -51,6 +51,21 @@ FeatureFunction = Callable[[Sequence[np.ndarray]], dict[str, np.ndarray]]
 def has_log_mel_front_end(feature_extractor: Any) -> bool:
     """Whether :class:`LogMelFrontEnd` reproduces this feature extractor."""
     return type(feature_extractor).__name__ == "ParakeetFeatureExtractor"
+
+
+def collator(feature_extractor: Any) -> CTCCollator:
+    """The training collator for a model's feature extractor: the same features as inference.
+
+    Raises:
+        ConfigError: the extractor expects another sampling rate than the data's 16 kHz.
+    """
+    rate = getattr(feature_extractor, "sampling_rate", SAMPLE_RATE)
+    if rate != SAMPLE_RATE:
+        raise ConfigError(
+            f"the feature extractor expects {rate} Hz audio but items are {SAMPLE_RATE} Hz: "
+            "use a 16 kHz model or resample its feature extractor's audio"
+        )
+    return CTCCollator(feature_function(feature_extractor), feature_extractor.model_input_names[0])
 
 
 def feature_function(feature_extractor: Any) -> FeatureFunction:

@@ -33,12 +33,15 @@ RunBatch = Callable[[Sequence[np.ndarray]], Sequence[Any]]
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """How requests are grouped."""
+    """How requests are grouped.
+
+    Args:
+        max_batch_size: Most clips in one model call (1: no batching).
+        max_wait_ms: Longest a clip waits for others once it is first in line, in milliseconds.
+    """
 
     max_batch_size: int = 8
-    """Most clips in one model call (1: no batching)."""
     max_wait_ms: float = 10.0
-    """Longest a clip waits for others once it is first in line, in milliseconds."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

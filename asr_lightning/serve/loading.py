@@ -11,8 +11,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from asr_lightning.artifacts import HF_SUBDIR, METADATA_FILE, ONNX_SUBDIR
-from asr_lightning.inference.transcriber import BackendName, Transcriber
+from asr_lightning.artifacts import HF_SUBDIR, METADATA_FILE, ONNX_FILE, ONNX_SUBDIR
+from asr_lightning.decoding.options import DecodingOptions
+from asr_lightning.inference.chunking import ChunkOptions
+from asr_lightning.inference.transcriber import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNKING,
+    BackendName,
+    Transcriber,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +46,11 @@ def resolve_model(path: str | Path, backend: BackendName = "auto") -> str:
 def load_transcriber(
     path: str | Path,
     backend: BackendName = "auto",
-    onnx_file: str = "model.onnx",
+    onnx_file: str = ONNX_FILE,
     num_threads: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    decoding: DecodingOptions | None = None,
+    chunking: ChunkOptions = DEFAULT_CHUNKING,
 ) -> Transcriber:
     """The Transcriber of a model dir or folder (see :func:`resolve_model`).
 
@@ -51,6 +60,8 @@ def load_transcriber(
         onnx_file: the ONNX file of an ONNX folder (``model.int8.onnx`` for INT8).
         num_threads: onnxruntime intra-op threads (``None``: one per core).
         batch_size: windows per forward pass (at least the server's max batch size).
+        decoding: how to decode; ``None``: as the model folder says (its LM), else greedy.
+        chunking: how long audio is cut into windows.
     """
     model = resolve_model(path, backend)
     log.info("loading %s (backend %s)", model, backend)
@@ -60,4 +71,6 @@ def load_transcriber(
         onnx_file=onnx_file,
         num_threads=num_threads,
         batch_size=batch_size,
+        decoding=decoding,
+        chunking=chunking,
     )

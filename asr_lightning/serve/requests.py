@@ -67,7 +67,8 @@ JSON_FIELDS = ("audio", "sample_rate", "encoding", "timestamps")
 MIN_PCM_RATE = 1_000
 MAX_PCM_RATE = 384_000
 #: Default request size limit: 16 MiB (about 8 minutes of 16 kHz 16-bit WAV).
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BODY_MB = 16.0
+DEFAULT_MAX_BODY_BYTES = int(DEFAULT_MAX_BODY_MB * 1024 * 1024)
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 BAD_REQUEST = 400

@@ -173,7 +173,13 @@ class ONNXExport(pl.Callback):
                 pl_module.model.cpu().eval(), pl_module.feature_extractor, pl_module.tokenizer
             )
             report = export_loaded(
-                loaded, out, self.opset, self.quantize, self.check_audio, source=best or "fit"
+                loaded,
+                out,
+                self.opset,
+                self.quantize,
+                self.check_audio,
+                source=best or "fit",
+                decoding=pl_module.decoding,
             )
             rank_zero_info(report.render())
         self.exported_to = out

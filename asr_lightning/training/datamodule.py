@@ -18,10 +18,9 @@ from torch.utils.data import DataLoader, Sampler
 from asr_lightning.audio.augment import AugmentConfig, Augmenter
 from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend
 from asr_lightning.data.bucketing import DurationBucketSampler
-from asr_lightning.data.collate import CTCCollator
 from asr_lightning.data.dataset import ASRDataset, Item
 from asr_lightning.data.durations import DEFAULT_CACHE_PATH, DurationCache, measure_durations
-from asr_lightning.data.filters import FilterReport, FilterRules, filter_utterances
+from asr_lightning.data.filters import FilterReport, FilterRules, decode_reason, filter_utterances
 from asr_lightning.data.sources import (
     SourceConfig,
     Utterance,
@@ -30,7 +29,13 @@ from asr_lightning.data.sources import (
     parse_spec,
 )
 from asr_lightning.data.streaming import DEFAULT_BUFFER_SIZE, StreamingASRDataset
-from asr_lightning.errors import ConfigError, VocabularyError
+from asr_lightning.errors import AudioDecodeError, ConfigError, VocabularyError
+from asr_lightning.model.factory import (
+    build_processor,
+    checkpoint_tokenizer,
+    output_frames_per_second,
+)
+from asr_lightning.model.features import collator
 from asr_lightning.text.normalize import TextNormalizer
 from asr_lightning.text.vocab import LabelEncoder, build_vocab
 
@@ -194,8 +199,6 @@ class ASRDataModule(pl.LightningDataModule):
         (from scratch, for a checkpoint without a tokenizer, or with ``vocab_from_data``)."""
         if self._vocab is None:
             if self.processor_name is not None and not self.vocab_from_data:
-                from asr_lightning.model.factory import checkpoint_tokenizer
-
                 tokenizer, reason = checkpoint_tokenizer(self.processor_name)
                 if tokenizer is not None:
                     self._vocab = dict(tokenizer.get_vocab())
@@ -246,8 +249,6 @@ class ASRDataModule(pl.LightningDataModule):
     def processor(self) -> tuple[Any, Any]:
         """``(feature_extractor, tokenizer)`` used to collate inputs and encode labels."""
         if self._processor is None:
-            from asr_lightning.model.factory import build_processor
-
             if self.processor_name is None:
                 self._processor = build_processor(
                     None, self.model_type, self.vocab, self.model_config_overrides
@@ -327,6 +328,8 @@ class ASRDataModule(pl.LightningDataModule):
         if split == "train":
             _check_transcripts_fit(report, utts, config.path, normalizer)
         items = [Item(k.utterance.id, k.utterance.audio, k.text, k.duration) for k in kept]
+        if split != "train":  # scores cover the whole set: unreadable audio is scored too
+            items += _unreadable_items(utts, durations, normalizer, f"{split}/{name}")
         return ASRDataset(
             items,
             encoder,
@@ -344,8 +347,6 @@ class ASRDataModule(pl.LightningDataModule):
         module (``processor``, ``model_type``, ``model_config_overrides``), with or without a
         Trainer; ``None`` when no model is named."""
         if self._frames_per_second is None and (self.processor_name or self.model_type):
-            from asr_lightning.model.factory import output_frames_per_second
-
             self._frames_per_second = output_frames_per_second(
                 self.processor_name,
                 self.model_type,
@@ -369,7 +370,7 @@ class ASRDataModule(pl.LightningDataModule):
             dataset,
             epoch=lambda: getattr(getattr(self, "trainer", None), "current_epoch", 0),
             batch_size=None,
-            collate_fn=CTCCollator(self.feature_extractor),
+            collate_fn=collator(self.feature_extractor),
             num_workers=self.num_workers,
         )
 
@@ -377,7 +378,7 @@ class ASRDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_sampler=EpochTaggedSampler(sampler),
-            collate_fn=CTCCollator(self.feature_extractor),
+            collate_fn=collator(self.feature_extractor),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,
@@ -496,12 +497,35 @@ def _named(
 
 
 def _eval_rules(rules: FilterRules) -> FilterRules:
-    """Evaluation keeps long utterances (scores must cover the whole set), not broken ones."""
-    return FilterRules(
-        min_duration_s=0.0,
-        max_duration_s=float("inf"),
-        output_frames_per_second=rules.output_frames_per_second,
-    )
+    """Evaluation scores the whole set: any duration, and transcripts CTC could not align
+    (they are scored, only training cannot learn from them); unreadable audio is scored as an
+    empty transcript (:func:`_unreadable_items`)."""
+    return FilterRules(min_duration_s=0.0, max_duration_s=float("inf"))
+
+
+def _unreadable_items(
+    utts: Sequence[Utterance],
+    durations: Sequence[Any],
+    normalizer: TextNormalizer,
+    where: str,
+) -> list[Item]:
+    """The utterances of an evaluation set whose audio could not be read at setup, as items
+    the dataset returns as ``Skipped`` (with their reason and reference) every time."""
+    items = [
+        Item(utt.id, utt.audio, normalizer(utt.text), 0.0, unreadable=decode_reason(duration))
+        for utt, duration in zip(utts, durations, strict=True)
+        if isinstance(duration, AudioDecodeError)
+    ]
+    if items:
+        log.warning(
+            "%s: %d utterance(s) cannot be read (e.g. %s: %s); they are scored as empty "
+            "transcripts unless model.unreadable is exclude",
+            where,
+            len(items),
+            items[0].id,
+            items[0].unreadable,
+        )
+    return items
 
 
 def _check_transcripts_fit(

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from asr_lightning.decoding.options import DecodingOptions
 from asr_lightning.errors import ConfigError
 from asr_lightning.training.callbacks import (
     MetricLines,
@@ -83,6 +84,11 @@ class ASRLightningCLI(LightningCLI):
         parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
         # the level normalization training applies travels with the model to inference
         parser.link_arguments("data.level", "model.input_level", apply_on="parse")
+        # one decoding for validation, test and predict, as for every other runtime
+        parser.add_class_arguments(DecodingOptions, "decoding")
+        parser.link_arguments(
+            "decoding", "model.decoding", compute_fn=_plain_values, apply_on="parse"
+        )
 
     def before_instantiate_classes(self) -> None:
         """Resolve ``--ckpt_path last`` (``fit``: in the same log folder) and ``best``."""
@@ -141,6 +147,11 @@ class ASRLightningCLI(LightningCLI):
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _plain_values(options: Any) -> dict[str, Any]:
+    """The ``decoding`` section as a plain mapping (what checkpoints and loggers keep)."""
+    return dict(vars(options)) if not isinstance(options, dict) else dict(options)
 
 
 def _quiet_resume_warnings() -> None:

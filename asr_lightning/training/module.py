@@ -21,7 +21,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from asr_lightning.audio.augment import LevelMode
 from asr_lightning.data.collate import WAVEFORM_INPUT
-from asr_lightning.decoding.greedy import greedy_decode, ids_to_text
+from asr_lightning.decoding.decoder import CTCDecoder
+from asr_lightning.decoding.options import DecodingOptions
+from asr_lightning.decoding.package import save_decoding
 from asr_lightning.errors import ConfigError
 from asr_lightning.model import factory
 from asr_lightning.model.ctc import ctc_loss, model_inputs, output_lengths
@@ -33,7 +35,7 @@ from asr_lightning.model.families import (
     padding_exact,
     padding_warning,
 )
-from asr_lightning.model.features import LEVEL_ATTRIBUTE
+from asr_lightning.model.features import LEVEL_ATTRIBUTE, samples_per_frame
 from asr_lightning.model.metrics import (
     ErrorRates,
     gather_records,
@@ -48,6 +50,7 @@ from asr_lightning.model.precision import bf16_warning
 log = logging.getLogger(__name__)
 
 Stage = Literal["val", "test", "predict"]
+UnreadablePolicy = Literal["score", "exclude"]
 BLANK_ONLY_WARNING = (
     "every validation transcript has been empty for %d evaluations in a row: the model predicts "
     "only blanks. Likely causes: a learning rate too high (diverged) or too low; a vocabulary or "
@@ -84,6 +87,8 @@ class CTCModule(lightning.LightningModule):
         warmup_ratio: float = 0.05,
         scheduler: SchedulerKind = "linear",
         blank_warning_patience: int = 3,
+        decoding: dict[str, Any] | None = None,
+        unreadable: UnreadablePolicy = "score",
     ) -> None:
         """
         Args:
@@ -124,6 +129,15 @@ class CTCModule(lightning.LightningModule):
                 constant.
             blank_warning_patience: Warn after this many consecutive evaluations in which every
                 transcript is empty (a model stuck on blanks).
+            decoding: How validation, test and predict turn logits into text (greedy, or beam
+                search with an LM), as every other runtime does: the fields of
+                :class:`~asr_lightning.decoding.options.DecodingOptions`, linked from the
+                config's ``decoding`` section (``--decoding.lm an4.arpa``). Saved with the
+                Hugging Face folder at the end of ``fit``, LM included.
+            unreadable: Validation and test utterances whose audio cannot be read: ``score``
+                them as empty transcripts (all their words deleted), so the WER covers the
+                whole set, or ``exclude`` them from the error rates. Either way they are
+                counted (``<stage>/unreadable``), written to the predictions and listed.
         """
         super().__init__()
         if model_name_or_path is None and model_type is None:
@@ -131,6 +145,8 @@ class CTCModule(lightning.LightningModule):
         if blank_warning_patience < 1:
             raise ConfigError(f"blank_warning_patience must be >= 1, got {blank_warning_patience}")
         self.save_hyperparameters()
+        self.decoding = DecodingOptions(**(decoding or {}))
+        self.decoder: CTCDecoder | None = None  # built with the model
         self.model: Any = None  # transformers *ForCTC, built in configure_model
         self.feature_extractor: Any = None
         self.tokenizer: Any = None
@@ -139,6 +155,7 @@ class CTCModule(lightning.LightningModule):
         self._empty_counts = [0, 0]  # (empty transcripts, transcripts) of this evaluation
         self._blank_only_evaluations = 0
         self._skipped_total = 0
+        self._unreadable: dict[str, dict[int, list[tuple[str, str]]]] = {"val": {}, "test": {}}
 
     # -- model construction ---------------------------------------------------------------
 
@@ -153,6 +170,12 @@ class CTCModule(lightning.LightningModule):
         self._prepare(model)
         setattr(feature_extractor, LEVEL_ATTRIBUTE, hp.input_level)
         self.model, self.feature_extractor, self.tokenizer = model, feature_extractor, tokenizer
+        self.decoder = CTCDecoder(
+            tokenizer,
+            blank_token_id(model.config),
+            samples_per_frame(model, feature_extractor),
+            self.decoding,
+        )
 
     def _prepare(self, model: Any) -> None:
         hp = self.hparams
@@ -211,9 +234,10 @@ class CTCModule(lightning.LightningModule):
         )
 
     def transcribe(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """Greedy transcripts of a batch of logits, each cut at its true length."""
-        ids = greedy_decode(logits, lengths, self.blank_id)
-        return [ids_to_text(row, self.tokenizer) for row in ids]
+        """Transcripts of a batch of logits, each cut at its true length, decoded with
+        ``decoding`` exactly as the ``Transcriber`` decodes them."""
+        self._require_model()
+        return self.decoder.texts(logits, lengths)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -252,23 +276,32 @@ class CTCModule(lightning.LightningModule):
 
     def _evaluate(self, stage: Stage, batch: dict[str, Any], index: int) -> list[str]:
         """Loss, transcripts and error-rate updates of one batch of evaluation set ``index``."""
+        unreadable = self._unreadable_rows(stage, batch, index)
         if len(batch["ids"]) == 0:
             if stage in self.error_rates:
                 self.error_rates[stage].update(index, [], [], self.device)
-            return []
-        logits, lengths = self(batch)
-        hypotheses = self.transcribe(logits, lengths)
-        references = batch.get("texts") or [""] * len(hypotheses)  # unlabelled predict data
-        if stage != "predict":
-            loss = self._loss(logits, lengths, batch["labels"])
-            name, num_sets = set_name(index, self._set_names(stage)), self._num_sets(stage)
-            for key in metric_keys(stage, "loss", name, index, num_sets):
-                self.log(
-                    key, loss, batch_size=len(hypotheses), add_dataloader_idx=False, sync_dist=True
-                )
-            self.error_rates[stage].update(index, hypotheses, references, self.device)
-            self._empty_counts[0] += sum(not h.strip() for h in hypotheses)
-            self._empty_counts[1] += len(hypotheses)
+            hypotheses, references = [], []
+        else:
+            logits, lengths = self(batch)
+            hypotheses = self.transcribe(logits, lengths)
+            references = batch.get("texts") or [""] * len(hypotheses)  # unlabelled predict data
+            if stage != "predict":
+                loss = self._loss(logits, lengths, batch["labels"])
+                name, num_sets = set_name(index, self._set_names(stage)), self._num_sets(stage)
+                for key in metric_keys(stage, "loss", name, index, num_sets):
+                    self.log(
+                        key, loss, batch_size=len(hypotheses), add_dataloader_idx=False,
+                        sync_dist=True,
+                    )  # fmt: skip
+                self._empty_counts[0] += sum(not h.strip() for h in hypotheses)
+                self._empty_counts[1] += len(hypotheses)
+        scored = [*zip(batch["ids"], references, hypotheses, strict=True)]
+        if self.hparams.unreadable == "score":
+            scored += [(uid, ref, "") for uid, ref, _ in unreadable]
+        if stage in self.error_rates and scored:
+            self.error_rates[stage].update(
+                index, [hyp for *_, hyp in scored], [ref for _, ref, _ in scored], self.device
+            )
         if stage in self._records:
             records = self._records[stage].setdefault(index, [])
             for uid, ref, hyp in zip(batch["ids"], references, hypotheses, strict=True):
@@ -276,7 +309,28 @@ class CTCModule(lightning.LightningModule):
                 if stage == "test" or ref:
                     record |= {"reference": ref, **utterance_errors(ref, hyp)}
                 records.append(record)
+            for uid, ref, reason in unreadable:
+                record = {"id": uid, "hypothesis": "", "unreadable": reason}
+                if (stage == "test" or ref) and self.hparams.unreadable == "score":
+                    record |= {"reference": ref, **utterance_errors(ref, "")}
+                elif stage == "test" or ref:
+                    record["reference"] = ref
+                records.append(record)
         return hypotheses
+
+    def _unreadable_rows(
+        self, stage: Stage, batch: dict[str, Any], index: int
+    ) -> list[tuple[str, str, str]]:
+        """``(id, reference, reason)`` of the batch's utterances whose audio could not be read,
+        remembered for the stage's count and its list at the end."""
+        skipped = batch.get("skipped") or []
+        texts = batch.get("skipped_texts") or [""] * len(skipped)
+        rows = [(uid, text, reason) for (uid, reason), text in zip(skipped, texts, strict=True)]
+        if stage in self._unreadable:
+            self._unreadable[stage].setdefault(index, []).extend(
+                (uid, reason) for uid, _, reason in rows
+            )
+        return rows
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         self._evaluate("val", batch, dataloader_idx)
@@ -321,11 +375,33 @@ class CTCModule(lightning.LightningModule):
                 for key in metric_keys(stage, metric, name, index, num_sets):
                     self.log(key, value, prog_bar=key.endswith("/wer"), sync_dist=True)
 
+    def _report_unreadable(self, stage: Stage) -> None:
+        """Log ``<stage>/unreadable`` per set (every rank's count), and list them after test."""
+        names, num_sets = self._set_names(stage), self._num_sets(stage)
+        found, self._unreadable[stage] = self._unreadable[stage], {}
+        for index in range(num_sets):
+            rows = gather_records([{"id": u, "reason": r} for u, r in found.get(index, [])])
+            name = set_name(index, names)
+            for key in metric_keys(stage, "unreadable", name, index, num_sets):
+                self.log(key, float(len(rows)), add_dataloader_idx=False)
+            if rows and stage == "test":
+                listed = "\n".join(f"  {row['id']}: {row['reason']}" for row in rows)
+                how = (
+                    "scored as empty transcripts"
+                    if self.hparams.unreadable == "score"
+                    else "left out of the error rates (model.unreadable: exclude)"
+                )
+                rank_zero_warn(
+                    f"test set {name}: {len(rows)} utterance(s) could not be read, {how}:\n{listed}"
+                )
+
     def on_validation_epoch_start(self) -> None:
         self._empty_counts = [0, 0]
+        self._unreadable["val"] = {}
 
     def on_validation_epoch_end(self) -> None:
         self._log_error_rates("val")
+        self._report_unreadable("val")
         if self.trainer.sanity_checking:
             return
         empty, total = self._empty_counts
@@ -337,9 +413,11 @@ class CTCModule(lightning.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._records["test"] = {}
+        self._unreadable["test"] = {}
 
     def on_test_epoch_end(self) -> None:
         self._log_error_rates("test")
+        self._report_unreadable("test")
         self._write_records("test")
 
     def on_predict_epoch_start(self) -> None:
@@ -395,7 +473,8 @@ class CTCModule(lightning.LightningModule):
         self._blank_only_evaluations = state.get("blank_only_evaluations", 0)
 
     def save_hf(self, directory: str | Path) -> Path:
-        """Save model (safetensors), feature extractor and tokenizer as a Hugging Face folder.
+        """Save model (safetensors), feature extractor, tokenizer and decoding (with its LM) as
+        a Hugging Face folder.
 
         ``AutoModelForCTC.from_pretrained(directory)``,
         ``pipeline("automatic-speech-recognition", model=directory)`` and
@@ -412,6 +491,7 @@ class CTCModule(lightning.LightningModule):
         model.save_pretrained(path, safe_serialization=True)
         self.feature_extractor.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+        save_decoding(self.decoding, path)  # the LM travels with the model
         log.info("saved the model, feature extractor and tokenizer to %s", path)
         return path
 

@@ -15,8 +15,9 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
 )
 
-from asr_lightning.data.collate import LABEL_PAD_ID, CTCCollator
+from asr_lightning.data.collate import LABEL_PAD_ID
 from asr_lightning.errors import ConfigError
+from asr_lightning.model.features import collator
 
 
 # Stand-ins with the attributes of asr_lightning.data.dataset.Example / Skipped.
@@ -69,7 +70,7 @@ def test_wav2vec2_batch_pads_normalizes_and_masks(
 ) -> None:
     # wav2vec2-base-960h's extractor has return_attention_mask=False: the mask comes anyway.
     extractor = Wav2Vec2FeatureExtractor(return_attention_mask=return_attention_mask)
-    batch = CTCCollator(extractor)([*examples, Skipped("broken", "decode failed: x")])
+    batch = collator(extractor)([*examples, Skipped("broken", "decode failed: x")])
     lengths = _lengths(examples)
     values, mask = batch["input_values"], batch["attention_mask"]
     assert values.shape == (3, max(lengths)) and values.dtype == torch.float32
@@ -82,15 +83,9 @@ def test_wav2vec2_batch_pads_normalizes_and_masks(
     assert batch["skipped"] == [("broken", "decode failed: x")]
 
 
-def test_pad_to_multiple_of_pads_time_but_keeps_true_lengths(examples: list[Example]) -> None:
-    batch = CTCCollator(Wav2Vec2FeatureExtractor(), pad_to_multiple_of=320)(examples)
-    assert batch["input_values"].shape[1] % 320 == 0
-    assert batch["attention_mask"].sum(1).tolist() == _lengths(examples)
-
-
 def test_parakeet_batch_has_frame_features_and_frame_mask(examples: list[Example]) -> None:
     extractor = ParakeetFeatureExtractor()
-    batch = CTCCollator(extractor)(examples)
+    batch = collator(extractor)(examples)
     features, mask = batch["input_features"], batch["attention_mask"]
     assert features.dim() == 3 and features.shape[0] == 3 and features.shape[2] == 80
     assert mask.shape == features.shape[:2] and mask.dtype == torch.long
@@ -102,7 +97,7 @@ def test_parakeet_batch_has_frame_features_and_frame_mask(examples: list[Example
 
 
 def test_w2v_bert_extractor_gives_stacked_features(examples: list[Example]) -> None:
-    batch = CTCCollator(SeamlessM4TFeatureExtractor())(examples[:2])
+    batch = collator(SeamlessM4TFeatureExtractor())(examples[:2])
     features, mask = batch["input_features"], batch["attention_mask"]
     assert features.shape[0] == 2 and features.shape[2] == 160  # 80 mel bins x stride 2
     assert mask.shape == features.shape[:2] and mask.dtype == torch.long
@@ -117,7 +112,7 @@ def test_w2v_bert_extractor_gives_stacked_features(examples: list[Example]) -> N
     ],
 )
 def test_all_skipped_gives_a_batch_of_zero_rows(extractor, name: str, trailing: tuple) -> None:
-    collate = CTCCollator(extractor)
+    collate = collator(extractor)
     for items in ([Skipped("a", "too long"), Skipped("b", "decode failed")], []):
         batch = collate(items)
         assert batch[name].shape == (0, 0, *trailing)
@@ -131,7 +126,7 @@ def test_all_skipped_gives_a_batch_of_zero_rows(extractor, name: str, trailing: 
 def test_empty_audio_and_empty_labels(examples: list[Example]) -> None:
     empty = Example("silent", np.zeros(0, dtype=np.float32), [5], "x")
     unlabelled = Example("nolabel", examples[0].audio, [], "")
-    batch = CTCCollator(Wav2Vec2FeatureExtractor())([empty, unlabelled])
+    batch = collator(Wav2Vec2FeatureExtractor())([empty, unlabelled])
     assert batch["skipped"] == [("silent", "empty audio")]
     assert batch["ids"] == ["nolabel"]
     assert batch["labels"].shape == (1, 0)
@@ -139,6 +134,4 @@ def test_empty_audio_and_empty_labels(examples: list[Example]) -> None:
 
 def test_bad_configuration_raises_config_error() -> None:
     with pytest.raises(ConfigError, match="8000 Hz"):
-        CTCCollator(Wav2Vec2FeatureExtractor(sampling_rate=8000))
-    with pytest.raises(ConfigError, match="pad_to_multiple_of"):
-        CTCCollator(Wav2Vec2FeatureExtractor(), pad_to_multiple_of=0)
+        collator(Wav2Vec2FeatureExtractor(sampling_rate=8000))

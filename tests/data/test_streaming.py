@@ -13,12 +13,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from asr_lightning.data.bucketing import padding_fraction
-from asr_lightning.data.collate import CTCCollator
 from asr_lightning.data.dataset import Example, Skipped
 from asr_lightning.data.filters import FilterRules
 from asr_lightning.data.sources import SourceConfig
 from asr_lightning.data.streaming import StreamingASRDataset, buffered_batches
 from asr_lightning.errors import ConfigError
+from asr_lightning.model.features import collator
 from asr_lightning.text.normalize import TextNormalizer
 from asr_lightning.text.vocab import LabelEncoder, build_vocab, make_tokenizer
 
@@ -112,7 +112,7 @@ def test_stream_over_two_workers_yields_each_item_once_and_counts_bad_ones(tmp_p
     from transformers import Wav2Vec2FeatureExtractor
 
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=2, collate_fn=CTCCollator(Wav2Vec2FeatureExtractor())
+        dataset, batch_size=None, num_workers=2, collate_fn=collator(Wav2Vec2FeatureExtractor())
     )
     ids, skipped = [], []
     for batch in loader:

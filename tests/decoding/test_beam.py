@@ -9,14 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asr_lightning.decoding.beam import BeamOptions, BeamSearchDecoder
+from asr_lightning.decoding.beam import BeamSearchDecoder
 from asr_lightning.decoding.greedy import greedy_decode_with_frames
 from asr_lightning.decoding.lm import ArpaLM
 from asr_lightning.decoding.ngram import kneser_ney
+from asr_lightning.decoding.options import DecodingOptions
 from asr_lightning.errors import ConfigError
 
 TOKENS = ["<pad>", "<unk>", "|", "a", "b"]
-EXHAUSTIVE = BeamOptions(beam_width=10_000, token_min_logp=-np.inf, beam_prune_logp=-np.inf)
+EXHAUSTIVE = DecodingOptions(beam_width=10_000, token_min_logp=-np.inf, beam_prune_logp=-np.inf)
 
 
 def _best_labelling(logits: np.ndarray, labels: list[int]) -> tuple[int, ...]:
@@ -63,7 +64,7 @@ def test_language_model_overrules_weak_acoustics():
     logits = np.log(np.array([[0.0, 0.0, 0.0, 0.45, 0.55], [0.0, 0.0, 0.0, 0.55, 0.45]]) + 1e-9)
     lm = ArpaLM(*kneser_ney(["ab", "ab ab", "ab"], order=2))
     without = BeamSearchDecoder(TOKENS, 0).decode(logits)
-    with_lm = BeamSearchDecoder(TOKENS, 0, lm=lm, options=BeamOptions(alpha=1.0)).decode(logits)
+    with_lm = BeamSearchDecoder(TOKENS, 0, lm=lm, options=DecodingOptions(alpha=1.0)).decode(logits)
     assert [TOKENS[i] for i in without.ids] == ["b", "a"]
     assert [TOKENS[i] for i in with_lm.ids] == ["a", "b"]
 
@@ -73,7 +74,7 @@ def test_sentencepiece_words_reach_the_lm():
     logits = np.log(np.array([[0.01, 0.44, 0.55, 0.0], [0.9, 0.0, 0.0, 0.1]]) + 1e-9)
     lm = ArpaLM(*kneser_ney(["a", "a a"], order=1))
     decoder = BeamSearchDecoder(
-        tokens, 0, lm=lm, options=BeamOptions(alpha=2.0), word_delimiter=None
+        tokens, 0, lm=lm, options=DecodingOptions(alpha=2.0), word_delimiter=None
     )
     assert [tokens[i] for i in decoder.decode(logits).ids] == ["\u2581a"]
 
@@ -82,4 +83,4 @@ def test_bad_shapes_and_options_are_refused():
     with pytest.raises(ValueError, match="frames, vocab"):
         BeamSearchDecoder(TOKENS, 0).decode(np.zeros((1, 2, 5)))
     with pytest.raises(ConfigError, match="beam_width"):
-        BeamOptions(beam_width=0)
+        DecodingOptions(beam_width=0)

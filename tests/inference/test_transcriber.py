@@ -15,6 +15,7 @@ from asr_lightning.audio.augment import normalize_level
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.decoding.beam import BeamSearchDecoder
 from asr_lightning.decoding.greedy import greedy_decode, ids_to_text
+from asr_lightning.decoding.options import DecodingOptions
 from asr_lightning.errors import ModelError
 from asr_lightning.export.onnx import export_onnx
 from asr_lightning.inference.backends import TorchBackend
@@ -199,7 +200,7 @@ def test_features_ahead_must_be_positive(folders):
         Transcriber.from_pretrained(folders[0], features_ahead=0)
 
 
-def test_beam_search_decoder_plugs_in(folders, an4_clips):
+def test_beam_search_decodes_as_the_beam_search_decoder_does(folders, an4_clips):
     hf, _ = folders
     loaded = load_model(hf)
     audio = load_audio(an4_clips[1])
@@ -208,9 +209,11 @@ def test_beam_search_decoder_plugs_in(folders, an4_clips):
         logits, _ = CTCLogits(loaded.model).eval()(
             *(torch.from_numpy(v) for v in features.values())
         )
-    decoder = BeamSearchDecoder.from_tokenizer(loaded.tokenizer, 0, beam_width=8)
-    expected = ids_to_text(decoder.decode(logits[0].numpy()).ids, loaded.tokenizer)
-    result = Transcriber.from_pretrained(hf, decoder=decoder).transcribe_arrays([audio])[0]
+    tokens = loaded.tokenizer.convert_ids_to_tokens(list(range(len(loaded.tokenizer))))
+    options = DecodingOptions(method="beam", beam_width=8)
+    search = BeamSearchDecoder(tokens, 0, options=options)
+    expected = ids_to_text(search.decode(logits[0].numpy()).ids, loaded.tokenizer)
+    result = Transcriber.from_pretrained(hf, decoding=options).transcribe_arrays([audio])[0]
     assert result.text == " ".join(expected.split())
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from asr_lightning.data.collate import CTCCollator
+from asr_lightning.model.features import collator
 from asr_lightning.text.vocab import LabelEncoder, build_vocab
 from asr_lightning.training.module import CTCModule
 
@@ -80,7 +80,7 @@ def batch_of(module: CTCModule, durations: list[float], texts: list[str] | None 
         Item(f"utt{i}", clip(seconds, seed=i), encode(text), text)
         for i, (seconds, text) in enumerate(zip(durations, texts, strict=True))
     ]
-    return CTCCollator(module.feature_extractor)(items)
+    return collator(module.feature_extractor)(items)
 
 
 def loader(*batches: dict) -> DataLoader:

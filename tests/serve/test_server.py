@@ -173,7 +173,7 @@ def test_cli_serve_subprocess(model_folder, encoded):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "asr_lightning.cli", "serve", str(model_folder)]
     process = subprocess.Popen(
-        [*command, "--port", str(port), "--max-batch-size", "1"],
+        [*command, "--port", str(port), "--batching.max_batch_size", "1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
