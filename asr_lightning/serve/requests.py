@@ -8,8 +8,15 @@ answer here, so they give identical answers. Accepted bodies:
   ``audio/webm``, ``audio/mp4``..., or ``application/octet-stream``), read by the decoder chain
   of :func:`asr_lightning.audio.decode.load_audio` at any sampling rate;
 - ``application/json``: ``{"audio": <base64>, "sample_rate": 8000, "encoding": "pcm_s16le",
-  "timestamps": true}``. Without ``sample_rate`` the bytes are an encoded file; with it they are
-  raw 16-bit little-endian mono PCM at that rate (``encoding`` says so explicitly).
+  "timestamps": true}``, or the seed recipe's ``{"base64": <base64>, "sample_rate": 16000}``
+  (``base64`` is another name for ``audio``). Bytes that start with a container signature
+  (RIFF/WAVE, FLAC, Ogg, ID3 or an MPEG frame, ISO-BMFF ``ftyp``, EBML/WebM, AIFF, NIST SPHERE)
+  are decoded as a file at its own rate, ``sample_rate`` being only a hint; other bytes are raw
+  16-bit little-endian mono PCM at ``sample_rate`` (``encoding`` says which explicitly).
+
+Every body is read by the same decoder chain as every other runtime
+(:func:`asr_lightning.audio.decode.load_audio`), and the Transcriber applies the model's level
+normalization.
 
 Word timestamps are asked for by ``"timestamps": true`` in JSON, or ``timestamps=true`` in
 SageMaker's custom attributes (``CustomAttributes`` of ``invoke_endpoint``; the
@@ -27,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from asr_lightning.audio.decode import SAMPLE_RATE, Backend, load_audio, resample
+from asr_lightning.audio.decode import SAMPLE_RATE, load_audio, resample
 from asr_lightning.errors import AsrLightningError, AudioDecodeError, ConfigError
 
 JSON_TYPE = "application/json"
@@ -54,15 +61,25 @@ AUDIO_TYPES = frozenset(
         "application/octet-stream",
     }
 )
-#: Decoders tried on request audio: libsndfile in process, then ffmpeg for everything else. The
-#: chain's ``librosa`` step re-runs libsndfile and then audioread (ffmpeg again), so it reads
-#: nothing new, and importing it took 2-3 s on the first undecodable request.
-DECODERS: tuple[Backend, ...] = ("soundfile", "ffmpeg")
 #: ``Accept`` values answered (everything is answered as JSON).
 ACCEPT_TYPES = frozenset({JSON_TYPE, "*/*", "application/*"})
 PCM_ENCODING = "pcm_s16le"
 FILE_ENCODING = "file"
-JSON_FIELDS = ("audio", "sample_rate", "encoding", "timestamps")
+AUDIO_FIELDS = ("audio", "base64")  # base64: the seed recipe's name
+JSON_FIELDS = (*AUDIO_FIELDS, "sample_rate", "encoding", "timestamps")
+#: Leading bytes of audio containers (``None`` matches any byte): WAV, FLAC, Ogg, MP3 with an
+#: ID3 tag, MP4/M4A (``ftyp`` at offset 4), Matroska/WebM, AIFF, NIST SPHERE.
+CONTAINER_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+    (0, b"RIFF"),
+    (0, b"RF64"),
+    (0, b"fLaC"),
+    (0, b"OggS"),
+    (0, b"ID3"),
+    (4, b"ftyp"),
+    (0, b"\x1a\x45\xdf\xa3"),
+    (0, b"FORM"),
+    (0, b"NIST_1A"),
+)
 #: Sampling rates accepted for raw PCM, in Hz.
 MIN_PCM_RATE = 1_000
 MAX_PCM_RATE = 384_000
@@ -191,12 +208,27 @@ def _parse_json(body: bytes, sample_rate: int, timestamps: bool) -> ParsedReques
         raise RequestError(
             BAD_REQUEST, f"unknown JSON fields {unknown}; accepted: {list(JSON_FIELDS)}"
         )
-    data = _base64_audio(document.get("audio"))
+    named = [field for field in AUDIO_FIELDS if field in document]
+    if len(named) != 1:
+        raise RequestError(
+            BAD_REQUEST,
+            'give the audio as "audio" (or "base64", the same) exactly once, got '
+            f"{named or 'neither'}",
+        )
+    data = _base64_audio(document[named[0]], named[0])
     rate = document.get("sample_rate")
-    encoding = document.get("encoding", FILE_ENCODING if rate is None else PCM_ENCODING)
     asked = document.get("timestamps", False)
     if not isinstance(asked, bool):
         raise RequestError(BAD_REQUEST, f'"timestamps" must be true or false, got {asked!r}')
+    encoding = document.get("encoding")
+    if encoding is None and rate is not None and not _has_signature(data) and _mpeg_frame(data):
+        # MPEG frame sync without a container: an MP3, or raw PCM that happens to look like one
+        try:
+            return ParsedRequest(load_audio(data, sample_rate=sample_rate), timestamps or asked)
+        except (AudioDecodeError, ConfigError):
+            encoding = PCM_ENCODING
+    if encoding is None:  # decide from the bytes: a container is a file, else raw PCM
+        encoding = FILE_ENCODING if rate is None or is_container(data) else PCM_ENCODING
     if encoding == FILE_ENCODING:
         return ParsedRequest(_decode_file(data, sample_rate), timestamps or asked)
     if encoding != PCM_ENCODING:
@@ -207,15 +239,40 @@ def _parse_json(body: bytes, sample_rate: int, timestamps: bool) -> ParsedReques
     return ParsedRequest(_decode_pcm(data, rate, sample_rate), timestamps or asked)
 
 
-def _base64_audio(value: Any) -> bytes:
+def is_container(data: bytes) -> bool:
+    """Whether ``data`` starts like an audio file (see :data:`CONTAINER_SIGNATURES`), or with
+    an MPEG audio frame header (MP3 without an ID3 tag, ADTS AAC)."""
+    return _has_signature(data) or _mpeg_frame(data)
+
+
+def _has_signature(data: bytes) -> bool:
+    return any(
+        data[offset : offset + len(magic)] == magic for offset, magic in CONTAINER_SIGNATURES
+    )
+
+
+def _mpeg_frame(data: bytes) -> bool:
+    """An MPEG audio (or ADTS AAC) frame header: 11 sync bits, and valid version, layer,
+    bitrate and sampling-rate fields (raw PCM rarely passes all four)."""
+    header = data[:4]
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return False
+    version, layer = (header[1] >> 3) & 0b11, (header[1] >> 1) & 0b11
+    if layer == 0b00:  # ADTS (AAC): layer 0, sampling index below 13
+        return (header[2] >> 2) & 0x0F < 13
+    bitrate, rate = header[2] >> 4, (header[2] >> 2) & 0b11
+    return version != 0b01 and bitrate not in (0b0000, 0b1111) and rate != 0b11
+
+
+def _base64_audio(value: Any, field: str) -> bytes:
     if not isinstance(value, str) or not value:
-        raise RequestError(BAD_REQUEST, '"audio" must be a non-empty base64 string')
+        raise RequestError(BAD_REQUEST, f'"{field}" must be a non-empty base64 string')
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise RequestError(BAD_REQUEST, f'"audio" is not valid base64: {err}') from err
+        raise RequestError(BAD_REQUEST, f'"{field}" is not valid base64: {err}') from err
     if not data:
-        raise RequestError(BAD_REQUEST, '"audio" decodes to zero bytes')
+        raise RequestError(BAD_REQUEST, f'"{field}" decodes to zero bytes')
     return data
 
 
@@ -241,7 +298,7 @@ def _decode_pcm(data: bytes, rate: Any, sample_rate: int) -> np.ndarray:
 
 def _decode_file(data: bytes, sample_rate: int) -> np.ndarray:
     try:
-        return load_audio(data, sample_rate=sample_rate, backends=DECODERS)
+        return load_audio(data, sample_rate=sample_rate)
     except (AudioDecodeError, ConfigError) as err:
         raise RequestError(BAD_REQUEST, f"cannot read the audio: {err}") from err
 

@@ -115,6 +115,21 @@ def test_every_content_type_answers_like_the_server(handler, model, wav):
         app.close()
 
 
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 48000])
+def test_the_seed_readme_body_works_verbatim(handler, model, shared_data, rate, tmp_path):
+    """``{"base64":"<BASE64_WAV>","sample_rate":16000}`` for WAV files at any rate."""
+    import soundfile as sf
+
+    from asr_lightning.audio.decode import load_audio, resample
+
+    clip = tmp_path / f"clip_{rate}.wav"
+    audio = resample(load_audio(shared_data / AN4_CLIP), 16_000, rate)
+    sf.write(clip, audio, rate, subtype="PCM_16")
+    body = '{"base64":"' + base64.b64encode(clip.read_bytes()).decode() + '","sample_rate":16000}'
+    answer = _answer(handler, model, body, "application/json")
+    assert answer == {"text": model.transcribe([str(clip)])[0].text} and answer["text"]
+
+
 def test_timestamps_from_json_or_custom_attributes(handler, model, wav):
     body = json.dumps({"audio": base64.b64encode(wav).decode(), "timestamps": True})
     answer = _answer(handler, model, body, "application/json")

@@ -142,9 +142,12 @@ def test_toolkit_transcribes_wav_and_json(toolkit, shared_data, tmp_path):
     expected = Transcriber.from_pretrained(model_dir / "onnx").transcribe([wav])[0].text
     status, body = _request(url + "/invocations", wav.read_bytes(), "audio/wav")
     assert (status, json.loads(body)) == (200, {"text": expected}), body
-    document = json.dumps({"audio": base64.b64encode(wav.read_bytes()).decode()})
-    status, body = _request(url + "/invocations", document.encode(), "application/json")
-    assert status == 200 and json.loads(body) == {"text": expected}
+    encoded = base64.b64encode(wav.read_bytes()).decode()
+    for document in ({"audio": encoded}, {"base64": encoded, "sample_rate": 16000}):  # the seed's
+        status, body = _request(
+            url + "/invocations", json.dumps(document).encode(), "application/json"
+        )
+        assert status == 200 and json.loads(body) == {"text": expected}
     attributes = {"X-Amzn-SageMaker-Custom-Attributes": "timestamps=true"}
     status, body = _request(url + "/invocations", wav.read_bytes(), "audio/wav", attributes)
     assert status == 200 and json.loads(body)["words"], body

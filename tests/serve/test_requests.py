@@ -14,6 +14,7 @@ from asr_lightning.serve.requests import (
     RequestError,
     check_accept,
     check_content_length,
+    is_container,
     parse_request,
     transcript_body,
     wants_timestamps,
@@ -72,6 +73,38 @@ def test_json_raw_pcm_at_16k_and_resampled_from_8k(encoded, speech):
     assert np.corrcoef(request.audio[: speech.size - 2], speech[: speech.size - 2])[0, 1] > 0.9
 
 
+@pytest.mark.parametrize("fmt", ["wav", "flac", "opus", "mp3"])
+def test_the_seed_body_takes_a_file_at_its_own_rate_the_sample_rate_a_hint(encoded, speech, fmt):
+    """``{"base64": <file>, "sample_rate": 16000}``, the seed recipe's documented body."""
+    expected = parse_request(encoded[fmt], "application/octet-stream").audio
+    for rate in (16000, 8000, 44100):  # whatever it says, a file is read at its own rate
+        body = json.dumps({"base64": _b64(encoded[fmt]), "sample_rate": rate})
+        np.testing.assert_array_equal(parse_request(body, "application/json").audio, expected)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 48000])
+def test_a_wav_at_any_rate_in_the_seed_body_is_resampled_from_its_header(speech, rate):
+    import io
+
+    import soundfile as sf
+
+    from asr_lightning.audio.decode import load_audio
+
+    buffer = io.BytesIO()
+    sf.write(buffer, resample(speech, 16_000, rate), rate, format="WAV", subtype="PCM_16")
+    wav = buffer.getvalue()
+    body = json.dumps({"base64": _b64(wav), "sample_rate": 16000})
+    np.testing.assert_array_equal(parse_request(body, "application/json").audio, load_audio(wav))
+
+
+def test_containers_are_told_from_raw_pcm(encoded):
+    assert all(is_container(encoded[fmt]) for fmt in ("wav", "flac", "opus", "mp3"))
+    assert not is_container(encoded["pcm"])
+    assert not is_container(b"\xff\xff\xff\xff" * 100)  # silence at -1: no valid MP3 header
+    headerless_mp3 = encoded["mp3"][encoded["mp3"].index(b"\xff\xfb") :]  # ID3 tag cut off
+    assert is_container(headerless_mp3)
+
+
 def test_pcm_is_little_endian(encoded):
     samples = np.array([1000, -2000, 32767], dtype="<i2")
     body = json.dumps({"audio": _b64(samples.tobytes()), "sample_rate": 16000})
@@ -97,6 +130,7 @@ def test_pcm_is_little_endian(encoded):
         b'{"audio": "AAAA", "timestamps": "yes"}',
         b'{"audio": "AAAA", "words": true}',
         b'{"sample_rate": 16000}',
+        b'{"audio": "AAAA", "base64": "AAAA"}',  # the audio twice
     ],
 )
 def test_malformed_json_is_a_400(body):

@@ -162,6 +162,30 @@ def test_boto3_invoke_endpoint_reaches_the_server(server, encoded, transcriber, 
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
 
 
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 48000])
+def test_the_seed_readme_invoke_works_verbatim(server, transcriber, speech, rate, tmp_path):
+    """The seed's documented call: ``--content-type application/json --body
+    '{"base64":"<BASE64_WAV>","sample_rate":16000}'``, for WAV files at any rate."""
+    import soundfile as sf
+
+    from asr_lightning.audio.decode import resample
+
+    boto3 = pytest.importorskip("boto3")
+    wav = tmp_path / f"clip_{rate}.wav"
+    sf.write(wav, resample(speech, 16_000, rate), rate, subtype="PCM_16")
+    runtime = boto3.client(
+        "sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    body = '{"base64":"' + base64.b64encode(wav.read_bytes()).decode() + '","sample_rate":16000}'
+    response = runtime.invoke_endpoint(
+        EndpointName="my-asr-endpoint", ContentType="application/json", Body=body
+    )
+    answer = json.loads(response["Body"].read())
+    assert answer == {"text": transcriber.transcribe([str(wav)])[0].text}
+    assert answer["text"]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
