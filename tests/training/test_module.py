@@ -214,7 +214,8 @@ def test_save_hf_loads_in_transformers_and_the_asr_pipeline(tmp_path):
     with torch.no_grad():
         logits, lengths = module(batch)
         torch.testing.assert_close(model(batch["input_values"]).logits, logits)
-    assert text and text == module.transcribe(logits, lengths)[0]
+    # the pipeline keeps a space per word delimiter; our decoder joins words by one space
+    assert text and " ".join(text.split()) == module.transcribe(logits, lengths)[0]
     assert (folder / "model.safetensors").is_file()
 
 
