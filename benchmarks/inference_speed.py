@@ -30,7 +30,7 @@ from asr_lightning.artifacts import INT8_FILE, ONNX_FILE
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.decoding.decoder import CTCDecoder
 from asr_lightning.decoding.lm import load_lm
-from asr_lightning.decoding.options import DecodingOptions
+from asr_lightning.decoding.options import DEFAULT_DECODING, DecodingOptions
 from asr_lightning.export.onnx import export_onnx, quantize_int8
 from asr_lightning.inference.chunking import ChunkOptions
 from asr_lightning.inference.transcriber import (
@@ -287,9 +287,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--lm", default=None, help="ARPA word LM for the beam search rows")
-    parser.add_argument("--beam-width", type=int, default=32)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--beam-width", type=int, default=DEFAULT_DECODING.beam_width)
+    parser.add_argument("--alpha", type=float, default=DEFAULT_DECODING.alpha)
+    parser.add_argument("--beta", type=float, default=DEFAULT_DECODING.beta)
     parser.add_argument(
         "--tune-manifest",
         type=Path,

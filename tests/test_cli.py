@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import yaml
 from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer, pipeline
 
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.cli import main
+from asr_lightning.decoding.ngram import kneser_ney, write_arpa
 from asr_lightning.text.vocab import build_vocab
 from asr_lightning.training.module import CTCModule
 from tests.model import tiny
@@ -91,6 +94,72 @@ def test_validate_test_and_predict_write_metrics_and_per_utterance_jsonl(fitted)
     predictions = _lines(predicted / "predictions" / "predict_predict.jsonl")
     assert sorted(r["id"] for r in predictions) == ids
     assert all(isinstance(r["hypothesis"], str) for r in predictions)
+
+
+def _scored_wer(records: list[dict]) -> float:
+    return sum(r["word_errors"] for r in records) / sum(r["ref_words"] for r in records)
+
+
+def test_unreadable_test_audio_is_scored_whole_counted_and_listed(fitted, tmp_path):
+    config, _ = fitted
+    directory = config.parent
+    nan = tmp_path / "nan.wav"  # a valid header in front of NaN samples, duration given
+    sf.write(nan, np.full(8000, np.nan, dtype=np.float32), 16_000, subtype="FLOAT")
+    garbage = tmp_path / "garbage.wav"  # not audio, no duration: setup cannot read it
+    garbage.write_bytes(b"this is not a wav file" * 50)
+    rows = [json.loads(line) for line in (directory / "eval.jsonl").read_text().splitlines()]
+    rows += [
+        {"audio_filepath": str(nan), "text": "HELP STOP", "duration": 0.5, "id": "nan"},
+        {"audio_filepath": str(garbage), "text": "EIGHT", "id": "garbage"},
+    ]
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test = ["test", "--config", str(config), "--ckpt_path", "last", "--data.test", str(manifest)]
+
+    with pytest.warns(UserWarning, match=r"2 utterance\(s\) could not be read") as warned:
+        assert main(test) == 0
+    tested = run_dirs(directory)[-1]
+    records = _lines(tested / "predictions" / "test_test.jsonl")
+    assert [r["id"] for r in records].count("nan") == 1 and len(records) == len(rows)
+    unreadable = {r["id"]: r for r in records if "unreadable" in r}
+    assert set(unreadable) == {"nan", "garbage"}
+    assert "NaN" in unreadable["nan"]["unreadable"]
+    assert all(
+        r["hypothesis"] == "" and r["word_errors"] == r["ref_words"] for r in unreadable.values()
+    )
+    assert last_scalar(tested, "test/unreadable") == 2
+    assert last_scalar(tested, "test/wer") == pytest.approx(_scored_wer(records))
+    listed = next(str(w.message) for w in warned if "could not be read" in str(w.message))
+    assert "nan: decode failed: 8000 of 8000 samples are NaN" in listed and "garbage:" in listed
+
+    assert main([*test, "--model.unreadable", "exclude"]) == 0
+    excluded = run_dirs(directory)[-1]
+    kept = [r for r in _lines(excluded / "predictions" / "test_test.jsonl") if "word_errors" in r]
+    assert len(kept) == len(rows) - 2
+    assert last_scalar(excluded, "test/wer") == pytest.approx(_scored_wer(kept))
+
+
+def test_test_scores_with_an_lm_and_its_jsonl_agrees(fitted, tmp_path):
+    config, _ = fitted
+    directory = config.parent
+    texts = [
+        json.loads(line)["text"] for line in (directory / "train.jsonl").read_text().splitlines()
+    ]
+    lm = write_arpa(tmp_path / "train_3gram.arpa", *kneser_ney(texts, order=3))
+    test = ["test", "--config", str(config), "--ckpt_path", "best"]
+
+    assert main([*test, "--decoding.lm", str(lm), "--decoding.beam_width", "8"]) == 0
+    with_lm = run_dirs(directory)[-1]
+    assert main(test) == 0
+    greedy = run_dirs(directory)[-1]
+
+    saved = yaml.safe_load((with_lm / "config.yaml").read_text())
+    assert saved["decoding"]["lm"] == str(lm) and saved["decoding"]["beam_width"] == 8
+    lm_records = _lines(with_lm / "predictions" / "test_test.jsonl")
+    greedy_records = _lines(greedy / "predictions" / "test_test.jsonl")
+    assert len(lm_records) == len(greedy_records) == len(manifest_ids(directory / "eval.jsonl"))
+    assert last_scalar(with_lm, "test/wer") == pytest.approx(_scored_wer(lm_records))
+    assert [r["hypothesis"] for r in lm_records] != [r["hypothesis"] for r in greedy_records]
 
 
 def test_the_hf_folder_loads_in_transformers_transcribes_and_fine_tunes_again(fitted, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -14,7 +13,7 @@ from asr_lightning.serve.loading import load_transcriber
 from asr_lightning.serve.server import ServingApp
 from tests.model import tiny
 from tests.model.tiny import scratch_module
-from tests.training_support import REPO_ROOT, run_dirs, tiny_config
+from tests.training_support import REPO_ROOT, load_handler, run_dirs, tiny_config
 
 AN4_SPEAKER = "an4/wav/an4test_clstk/fcaw"
 
@@ -108,9 +107,7 @@ def test_a_tokenizer_less_fine_tune_runs_on_every_runtime(tmp_path, shared_data,
             )
     finally:
         app.close()
-    spec = importlib.util.spec_from_file_location("handler", model_dir / "code" / "inference.py")
-    handler = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(handler)
+    handler = load_handler(model_dir)
     served = handler.model_fn(str(model_dir))
     assert served.backend.name == "onnx"
     for clip, text in zip(clips, expected, strict=True):

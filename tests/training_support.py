@@ -6,6 +6,7 @@ The callbacks are handed to ``asr-lightning`` subprocesses through the config
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -250,3 +251,11 @@ class StallAtStep(pl.Callback):
         if trainer.global_step == self.step:
             self.marker.write_text(str(self.step))
             time.sleep(STALL_S)
+
+
+def load_handler(model_dir: Path, name: str = "sm_inference_handler") -> Any:
+    """The SageMaker handler as the container imports it: ``code/inference.py`` of a model dir."""
+    spec = importlib.util.spec_from_file_location(name, model_dir / "code" / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

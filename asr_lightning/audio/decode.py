@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import subprocess
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -43,6 +44,9 @@ from asr_lightning.errors import (
 )
 
 log = logging.getLogger(__name__)
+# librosa's fallback to audioread warns; a file no backend reads is reported by our own error
+warnings.filterwarnings("ignore", "PySoundFile failed. Trying audioread instead", UserWarning)
+warnings.filterwarnings("ignore", r"librosa\.core\.audio\.__audioread_load", FutureWarning)
 
 #: Sample rate every model in asr-lightning consumes, in Hz.
 SAMPLE_RATE = 16_000
@@ -361,8 +365,8 @@ def _run_tool(command: list[str], audio: _Audio, timeout_s: float) -> bytes:
 def _decode_librosa(audio: _Audio) -> tuple[np.ndarray, int]:
     import librosa  # heavy, and only needed when the backends before it failed
 
-    # librosa warns when it falls back to audioread; warnings.catch_warnings() would silence
-    # that, but it is not thread-safe, and durations are measured in threads.
+    # librosa warns when it falls back to audioread (filtered once at import: catch_warnings()
+    # is not thread-safe, and durations are measured in threads).
     source = audio.path if audio.path is not None else io.BytesIO(audio.data)
     samples, rate = librosa.load(source, sr=None, mono=False, dtype=np.float32)
     return samples.T, int(rate)  # (channels, n) -> (n, channels)

@@ -40,6 +40,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="S3 URI of the train channel")
     parser.add_argument("--eval", help="S3 URI of the eval channel")
     parser.add_argument(
+        "--lm", help="S3 URI of an LM channel (ARPA or KenLM file; -H lm_path=... picks one)"
+    )
+    parser.add_argument(
         "--config",
         default="configs/quickstart.yaml",
         help="LightningCLI YAML in the source tree (default %(default)s)",
@@ -127,6 +130,7 @@ def _train_options(args: argparse.Namespace) -> jobs.TrainOptions:
     return jobs.TrainOptions(
         train=args.train,
         eval=args.eval,
+        lm=args.lm,
         config=args.config,
         hyperparameters=dict(args.hyperparameter),
         instance_type=args.instance_type,

@@ -44,7 +44,14 @@ HYPERPARAMETER_ALIASES = {
     "precision": "trainer.precision",
     "model_name_or_path": "model.model_name_or_path",
     "num_workers": "data.num_workers",
+    # the seed's decoding settings: the model folder carries the LM and its settings
+    "lm_path": "decoding.lm",
+    "beam_width": "decoding.beam_width",
 }
+#: The channel an LM can come in (``SM_CHANNEL_LM``): ``lm_path`` names a file in it, or it
+#: holds one LM file (:data:`LM_SUFFIXES`).
+LM_CHANNEL = "lm"
+LM_SUFFIXES = (".arpa", ".bin", ".binary", ".klm", ".mmap")
 #: Hyperparameters the contract itself reads instead of passing them on.
 #: ``config``: a YAML file, relative to the source dir (e.g. ``configs/quickstart.yaml``).
 #: ``<channel>_source``: which file (or ``#split``) inside a channel folder to read.
@@ -211,6 +218,32 @@ def resolve_channel(folder: str | Path, channel: str, file: str | None = None) -
     )
 
 
+def resolve_lm(folder: str | Path, file: str | None = None) -> str:
+    """The LM file of the ``lm`` channel: ``file`` inside it, or its one LM file.
+
+    Raises:
+        ConfigError: the file is missing, or the folder holds no LM file or several.
+    """
+    root = Path(folder)
+    if file:
+        path = root / file
+        if not path.is_file():
+            present = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"
+            raise ConfigError(
+                f"lm_path {file!r} is not in the lm channel {root} (it holds {present}): name "
+                "a file of the channel"
+            )
+        return str(path)
+    found = sorted(p for p in root.iterdir() if p.suffix.lower() in LM_SUFFIXES)
+    if len(found) != 1:
+        raise ConfigError(
+            f"the lm channel {root} holds {len(found)} LM files "
+            f"({', '.join(p.name for p in found) or 'none'} with {', '.join(LM_SUFFIXES)}): "
+            "name the one to use with the hyperparameter lm_path"
+        )
+    return str(found[0])
+
+
 def lightning_args(
     contract: TrainingContract, source_dir: str | Path, resume: bool = True
 ) -> list[str]:
@@ -235,6 +268,12 @@ def lightning_args(
         if channel in CHANNEL_ARGUMENTS:
             spec = resolve_channel(folder, channel, sources.get(channel))
             args += [f"--{CHANNEL_ARGUMENTS[channel]}", spec]
+    lm_path = hps.pop("lm_path", None)
+    if LM_CHANNEL in contract.channels:
+        args += ["--decoding.lm", resolve_lm(contract.channels[LM_CHANNEL], lm_path)]
+    elif lm_path:
+        path = Path(str(lm_path))
+        args += ["--decoding.lm", str(path if path.is_absolute() else Path(source_dir) / path)]
     args += [
         "--trainer.default_root_dir",
         str(Path(contract.output_data_dir) / "lightning"),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from asr_lightning.errors import ConfigError
-from asr_lightning.sagemaker.contract import DEFAULT_CHECKPOINT_DIR
+from asr_lightning.sagemaker.contract import DEFAULT_CHECKPOINT_DIR, LM_CHANNEL
 from asr_lightning.sagemaker.model_dir import REQUIREMENTS, runtime_requirements
 from asr_lightning.training.callbacks import METRIC_DEFINITIONS
 
@@ -60,6 +60,9 @@ class TrainOptions:
     """S3 URI of the train channel (manifest + audio, Common Voice folder, saved dataset)."""
     eval: str | None = None
     """S3 URI of the eval channel."""
+    lm: str | None = None
+    """S3 URI of the ``lm`` channel: a word n-gram LM (ARPA or KenLM binary) that validation
+    decodes with and the model folders carry (the ``lm_path`` hyperparameter picks a file)."""
     config: str | None = "configs/quickstart.yaml"
     """LightningCLI YAML inside the source tree (the ``config`` hyperparameter)."""
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
@@ -214,6 +217,8 @@ def _channels(options: TrainOptions) -> list[Any]:
     channels = [InputData(channel_name="train", data_source=options.train)]
     if options.eval:
         channels.append(InputData(channel_name="eval", data_source=options.eval))
+    if options.lm:
+        channels.append(InputData(channel_name=LM_CHANNEL, data_source=options.lm))
     return channels
 
 

@@ -63,6 +63,20 @@ class ResumableCheckpoint(ModelCheckpoint):
             )
         self.every_n_train_steps = every_n_train_steps or 0
         self._periodic_step = -1
+        self._stage: str | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._stage = stage
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the ranking when fitting resumes; ``test --ckpt_path`` has none to keep.
+
+        Lightning restores callback states for every stage and warns that the checkpoint folder
+        changed when ``test`` or ``validate`` log to a new version folder, as they always do.
+        """
+        if self._stage in (None, "fit"):
+            super().load_state_dict(state_dict)
 
     def on_train_batch_end(
         self,

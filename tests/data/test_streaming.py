@@ -73,7 +73,7 @@ def test_buffered_batches_reject_bad_settings():
 
 @pytest.fixture(scope="module")
 def text_side():
-    rows = [json.loads(line) for line in (QUICKSTART / "train.jsonl").open()][:40]
+    rows = [json.loads(line) for line in (QUICKSTART / "train.jsonl").read_text().splitlines()][:40]
     vocab = build_vocab(TextNormalizer(case="keep")(r["text"]) for r in rows)
     tokenizer = make_tokenizer(vocab)
     return rows, TextNormalizer.from_vocab(vocab), LabelEncoder(tokenizer)

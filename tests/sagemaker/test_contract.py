@@ -126,3 +126,30 @@ def test_torchrun_only_when_several_processes_and_not_yet_launched(tmp_path: Pat
     )
     assert not sm.needs_launcher(single, {})
     assert "--trainer.strategy" not in sm.lightning_args(single, "/src")
+
+
+def test_the_seeds_lm_path_and_beam_width_set_the_decoding(tmp_path: Path) -> None:
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    (lm / "an4.arpa").write_text("")
+    env = _env(tmp_path, SM_CHANNEL_LM=str(lm), SM_HPS=json.dumps({"beam_width": 16}))
+    args = sm.lightning_args(sm.contract_from_env(env, [], str(tmp_path / "ckpt")), "/src")
+    pairs = {key: value for key, value in zip(args, args[1:], strict=False) if key.startswith("--")}
+    assert pairs["--decoding.lm"] == str(lm / "an4.arpa")  # the channel's one LM file
+    assert pairs["--decoding.beam_width"] == "16"
+
+    (lm / "other.arpa").write_text("")
+    contract = sm.contract_from_env(env, ["--lm_path", "other.arpa"], str(tmp_path / "ckpt"))
+    args = sm.lightning_args(contract, "/src")
+    assert args[args.index("--decoding.lm") + 1] == str(lm / "other.arpa")
+    with pytest.raises(ConfigError, match="holds 2 LM files.*lm_path"):
+        sm.lightning_args(sm.contract_from_env(env, [], str(tmp_path / "ckpt")), "/src")
+    contract = sm.contract_from_env(env, ["--lm_path", "gone.arpa"], str(tmp_path / "ckpt"))
+    with pytest.raises(ConfigError, match="'gone.arpa' is not in the lm channel"):
+        sm.lightning_args(contract, "/src")
+
+    (tmp_path / "b").mkdir()
+    without_channel = sm.contract_from_env(
+        _env(tmp_path / "b"), ["--lm_path", "lms/an4.arpa"], str(tmp_path / "ckpt")
+    )
+    assert "/src/lms/an4.arpa" in sm.lightning_args(without_channel, "/src")

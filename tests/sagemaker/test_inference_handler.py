@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from asr_lightning.sagemaker.model_dir import complete_model_dir
 from asr_lightning.serve.requests import RequestError
 from asr_lightning.serve.server import ServingApp
 from tests.model.tiny import scratch_module
+from tests.training_support import load_handler
 
 REPO = Path(__file__).resolve().parents[2]
 AN4_CLIP = Path("an4/wav/an4test_clstk/fcaw/an406-fcaw-b.sph")
@@ -34,11 +34,7 @@ def model_dir(tmp_path_factory, shared_data) -> Path:
 @pytest.fixture(scope="module")
 def handler(model_dir):
     """The handler as the container imports it: code/inference.py of the model dir."""
-    path = model_dir / "code" / "inference.py"
-    spec = importlib.util.spec_from_file_location("sm_inference_handler", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_handler(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,7 @@ def toolkit(tmp_path_factory, shared_data):
         subprocess.run(["multi-model-server", "--stop"], env=env, cwd=root, timeout=60)
         process.terminate()
         process.wait(timeout=60)
+        log.close()
 
 
 def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:

@@ -57,6 +57,8 @@ def test_train_sends_spot_checkpoints_torchrun_metrics_and_channels(moto_server:
         "3600",
         "--checkpoint-s3-uri",
         f"s3://{BUCKET}/ckpt/job1",
+        "--lm",
+        f"s3://{BUCKET}/an4/lm",
     ]
     assert main(args) == 0
     job = _one(moto_server, "SageMaker.CreateTrainingJob")
@@ -82,6 +84,7 @@ def test_train_sends_spot_checkpoints_torchrun_metrics_and_channels(moto_server:
     }
     assert channels["train"] == f"s3://{BUCKET}/an4/train"
     assert channels["eval"] == f"s3://{BUCKET}/an4/eval"
+    assert channels["lm"] == f"s3://{BUCKET}/an4/lm"
     # the source tree and ModelTrainer's torchrun driver travel as channels, uploaded to S3
     s3 = boto3.client("s3", region_name=REGION)
     code = channels["code"].removeprefix(f"s3://{BUCKET}/")

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCTC
 
+from asr_lightning.decoding.ngram import kneser_ney, write_arpa
+from asr_lightning.decoding.package import load_decoding
 from tests.conftest import REPO_ROOT
 from tests.sagemaker.an4_channels import make_an4_channels, write_tiny_config
 
@@ -48,16 +50,24 @@ def test_entry_trains_resumes_and_leaves_a_deployable_model_dir(
     checkpoints = opt_ml / "checkpoints"
     output_dir.mkdir(parents=True)
     config = write_tiny_config(tmp_path / "tiny.yaml")
+    lm_channel = tmp_path / "data" / "channels" / "lm"  # the seed's lm_path, as a channel
+    lm_channel.mkdir()
+    texts = [
+        json.loads(line)["text"]
+        for line in (channels["train"] / "manifest.jsonl").read_text().splitlines()
+    ]
+    write_arpa(lm_channel / "an4_2gram.arpa", *kneser_ney(texts, order=2))
     env = {
         **os.environ,
         "SM_MODEL_DIR": str(model_dir),
         "SM_OUTPUT_DATA_DIR": str(output_dir),
         "SM_CHANNEL_TRAIN": str(channels["train"]),
         "SM_CHANNEL_EVAL": str(channels["eval"]),
+        "SM_CHANNEL_LM": str(lm_channel),
         "SM_HOSTS": '["algo-1"]',
         "SM_CURRENT_HOST": "algo-1",
         "SM_NUM_GPUS": "0",
-        "SM_HPS": json.dumps({"learning_rate": 0.002, "batch_size": 8}),
+        "SM_HPS": json.dumps({"learning_rate": 0.002, "batch_size": 8, "beam_width": 8}),
         "ASR_LIGHTNING_CHECKPOINT_DIR": str(checkpoints),
         "CUDA_VISIBLE_DEVICES": "",
     }
@@ -76,6 +86,12 @@ def test_entry_trains_resumes_and_leaves_a_deployable_model_dir(
     assert (model_dir / "code" / "asr_lightning" / "__init__.py").is_file()
     handler = REPO_ROOT / "sagemaker_entry" / "inference.py"
     assert (model_dir / "code" / "inference.py").is_file() == handler.is_file()
+    for folder in (hf_model, model_dir / "onnx"):  # the LM travels in both model folders
+        decoding = load_decoding(folder)
+        assert decoding is not None and decoding.beam and decoding.beam_width == 8
+        lm = Path(decoding.lm)
+        assert lm.parent == folder / "language_model"
+        assert lm.read_bytes() == (lm_channel / "an4_2gram.arpa").read_bytes()
 
     # a restarted (spot-interrupted) job finds last.ckpt and goes on from its step
     env["ASR_LIGHTNING_SKIP_ONNX"] = "1"
