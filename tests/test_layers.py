@@ -21,9 +21,8 @@ LAYERS = [
     {"decoding"},
     {"inference"},
     {"export"},
-    {"serve"},
-    {"training"},
-    {"sagemaker", "cli"},
+    {"serve", "sagemaker"},
+    {"training", "cli"},
     {"__init__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

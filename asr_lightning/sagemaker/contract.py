@@ -11,6 +11,7 @@ LightningCLI arguments and, for several processes, the ``torchrun`` command. No 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,23 @@ HYPERPARAMETER_ALIASES = {
 #: holds one LM file (:data:`LM_SUFFIXES`).
 LM_CHANNEL = "lm"
 LM_SUFFIXES = (".arpa", ".bin", ".binary", ".klm", ".mmap")
+#: Logged metric -> name printed for SageMaker's metric definitions (HPO on ``eval_wer``).
+PRINTED_METRICS = {"val/wer": "eval_wer", "val/cer": "eval_cer", "val/loss": "eval_loss"}
+#: Regular expressions for ``MetricDefinitions`` (one capture group: the value).
+METRIC_DEFINITIONS = {
+    name: rf"{name}=([0-9.]+)" for name in (*PRINTED_METRICS.values(), "train_loss")
+}
+
+
+def metric_line(metrics: dict[str, float], step: int, epoch: int) -> str:
+    """The printed line for the metrics present (non-finite values are left out)."""
+    parts = [f"step={step}", f"epoch={epoch}"]
+    for name, value in metrics.items():
+        if math.isfinite(value):
+            parts.append(f"{name}={value:.6f}")
+    return " ".join(parts)
+
+
 #: Hyperparameters the contract itself reads instead of passing them on.
 #: ``config``: a YAML file, relative to the source dir (e.g. ``configs/quickstart.yaml``).
 #: ``<channel>_source``: which file (or ``#split``) inside a channel folder to read.

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from asr_lightning.errors import ConfigError
-from asr_lightning.sagemaker.contract import DEFAULT_CHECKPOINT_DIR, LM_CHANNEL
+from asr_lightning.sagemaker.contract import DEFAULT_CHECKPOINT_DIR, LM_CHANNEL, METRIC_DEFINITIONS
 from asr_lightning.sagemaker.model_dir import REQUIREMENTS, runtime_requirements
-from asr_lightning.training.callbacks import METRIC_DEFINITIONS
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ line SageMaker's metric definitions (``eval_wer=([0-9.]+)``) read from the job's
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from asr_lightning.artifacts import HF_SUBDIR, ONNX_FOLDER
 from asr_lightning.errors import ConfigError
 from asr_lightning.export.onnx import DEFAULT_OPSET, Quantization, export_loaded
 from asr_lightning.inference.models import LoadedModel
+from asr_lightning.sagemaker.contract import PRINTED_METRICS, metric_line
 
 log = logging.getLogger(__name__)
 
@@ -198,23 +198,6 @@ class ONNXExport(pl.Callback):
             rank_zero_info(report.render())
         self.exported_to = out
         trainer.strategy.barrier("onnx_export")
-
-
-#: Logged metric -> name printed for SageMaker.
-PRINTED_METRICS = {"val/wer": "eval_wer", "val/cer": "eval_cer", "val/loss": "eval_loss"}
-#: Regular expressions for ``MetricDefinitions`` (one capture group: the value).
-METRIC_DEFINITIONS = {
-    name: rf"{name}=([0-9.]+)" for name in (*PRINTED_METRICS.values(), "train_loss")
-}
-
-
-def metric_line(metrics: dict[str, float], step: int, epoch: int) -> str:
-    """The printed line for the metrics present (non-finite values are left out)."""
-    parts = [f"step={step}", f"epoch={epoch}"]
-    for name, value in metrics.items():
-        if math.isfinite(value):
-            parts.append(f"{name}={value:.6f}")
-    return " ".join(parts)
 
 
 class MetricLines(pl.Callback):
