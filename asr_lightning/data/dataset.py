@@ -17,6 +17,8 @@ from torch.utils.data import Dataset
 from asr_lightning.audio.augment import Augmenter, normalize_level
 from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend, load_audio
 from asr_lightning.data.audio_cache import DecodedAudio
+from asr_lightning.data.records import Item
+from asr_lightning.data.table import as_table
 from asr_lightning.errors import AsrLightningError
 
 log = logging.getLogger(__name__)
@@ -41,17 +43,6 @@ class Skipped:
     id: str
     reason: str
     text: str = ""  # its normalized reference, so that an evaluation can still score it
-
-
-@dataclass(frozen=True)
-class Item:
-    """What the dataset needs per utterance: where the audio is and its normalized text."""
-
-    id: str
-    audio: str | bytes
-    text: str
-    duration: float
-    unreadable: str | None = None  # why setup could not read it (evaluation sets keep it)
 
 
 class ASRDataset(Dataset):
@@ -80,7 +71,7 @@ class ASRDataset(Dataset):
         seed: int = 0,
         cache_audio: bool = False,
     ) -> None:
-        self.items = list(items)
+        self.items = as_table(items)  # columns: forked workers share them (no copy-on-read)
         self.label_encoder = label_encoder
         self.sample_rate = sample_rate
         self.backends = tuple(backends)
@@ -97,8 +88,8 @@ class ASRDataset(Dataset):
         return len(self.items)
 
     @property
-    def durations(self) -> list[float]:
-        return [item.duration for item in self.items]
+    def durations(self) -> np.ndarray:
+        return self.items.durations
 
     def _decode(self, item: Item) -> np.ndarray | Skipped:
         """Decoded samples of ``item``, or :class:`Skipped` with the reason."""

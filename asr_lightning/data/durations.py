@@ -220,7 +220,7 @@ def measure_durations(
         ThreadPoolExecutor(max(1, workers)) as pool,
         tqdm(
             total=len(todo) + len(encoded),
-            disable=not progress,
+            disable=not progress or not (todo or encoded),
             desc="measuring durations",
             unit="file",
         ) as bar,

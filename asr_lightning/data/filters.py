@@ -16,6 +16,7 @@ Nothing is dropped silently: :class:`FilterReport` counts every reason and keeps
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,8 +128,14 @@ def decode_reason(err: AudioDecodeError) -> str:
     return f"{DECODE_FAILED}: {reason}"
 
 
+#: A character followed by the same one (a lookahead, so "aaa" has two).
+_REPEATED = re.compile(r"(.)(?=\1)", re.DOTALL)
+
+
 def ctc_frames_needed(labels: Sequence[int] | str) -> int:
     """Output frames CTC needs: one per label, plus a blank between equal adjacent labels."""
+    if isinstance(labels, str):  # a regex counts (overlapping) equal neighbours in C
+        return len(labels) + len(_REPEATED.findall(labels))
     repeats = sum(1 for a, b in zip(labels[:-1], labels[1:], strict=True) if a == b)
     return len(labels) + repeats
 
@@ -190,11 +197,15 @@ def verdict(
     if not text.strip():
         return EMPTY_TRANSCRIPT, text
     if rules.output_frames_per_second is not None:
+        frames = math.floor(duration * rules.output_frames_per_second)
         labels = label_length(text) if label_length is not None else text
+        count = labels if isinstance(labels, int) else len(labels)
+        if frames >= 2 * count:  # enough for any labels: CTC needs at most 2 frames per label
+            return None, text
         if isinstance(labels, int):
             needed = labels + ctc_frames_needed(text) - len(text)
         else:
             needed = ctc_frames_needed(labels)
-        if math.floor(duration * rules.output_frames_per_second) < needed:
+        if frames < needed:
             return CTC_INFEASIBLE, text
     return None, text

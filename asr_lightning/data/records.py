@@ -35,6 +35,17 @@ class Utterance:
 
 
 @dataclass(frozen=True)
+class Item:
+    """What a dataset needs per utterance: where the audio is and its normalized text."""
+
+    id: str
+    audio: str | bytes
+    text: str
+    duration: float
+    unreadable: str | None = None  # why setup could not read it (evaluation sets keep it)
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     """Where a dataset is and how to read it.
 

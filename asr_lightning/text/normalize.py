@@ -46,6 +46,21 @@ def _fold_accent(character: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+class _KeepTable(dict[int, int | None]):
+    """A ``str.translate`` table keeping vocabulary characters and whitespace, dropping the
+    rest; filled as characters are met, so translating runs in C after the first texts."""
+
+    def __init__(self, vocabulary: frozenset[str]) -> None:
+        super().__init__()
+        self.vocabulary = vocabulary
+
+    def __missing__(self, code: int) -> int | None:
+        character = chr(code)
+        kept = code if character in self.vocabulary or character.isspace() else None
+        self[code] = kept
+        return kept
+
+
 @dataclass(frozen=True)
 class TextNormalizer:
     """Normalizes transcripts to the characters of a CTC vocabulary; words joined by one space.
@@ -70,6 +85,7 @@ class TextNormalizer:
 
     _apostrophes: dict[int, str] = field(init=False, repr=False, compare=False)
     _table: dict[int, str | None] = field(init=False, repr=False, compare=False)
+    _keep: _KeepTable = field(init=False, repr=False, compare=False)
     _resolved_case: Literal["upper", "lower", "keep"] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +107,7 @@ class TextNormalizer:
         apostrophes = {ord(c): APOSTROPHE for c in APOSTROPHES if c not in spelled}
         object.__setattr__(self, "_apostrophes", apostrophes)
         object.__setattr__(self, "_table", self._make_table())
+        object.__setattr__(self, "_keep", _KeepTable(self.vocabulary or frozenset()))
 
     @classmethod
     def from_vocab(
@@ -149,7 +166,9 @@ class TextNormalizer:
     def _prepare(self, text: str) -> str:
         """Everything but removing out-of-vocabulary characters."""
         # Before NFKC, which turns the acute accent ´ into a space and a combining mark.
-        text = unicodedata.normalize("NFKC", text.translate(self._apostrophes))
+        text = text.translate(self._apostrophes)
+        if not text.isascii():  # NFKC leaves ASCII as it is
+            text = unicodedata.normalize("NFKC", text)
         if self._resolved_case == "upper":
             text = text.upper()
         elif self._resolved_case == "lower":
@@ -173,8 +192,9 @@ class TextNormalizer:
         """The normalized text: vocabulary characters only, words separated by single spaces."""
         text = self._prepare(text)
         if self.vocabulary is not None:
-            spelled = self.vocabulary
-            text = "".join(c if c in spelled or c.isspace() else "" for c in text)
+            text = text.translate(self._keep)
+        if APOSTROPHE not in text:
+            return " ".join(text.split())
         # A lone apostrophe (a stray quote mark) is not a word.
         return " ".join(w for w in text.split() if w.strip(APOSTROPHE))
 

@@ -226,3 +226,10 @@ class LabelEncoder:
             text = text.upper()
         ids, unk = self._ids, self._unk_id
         return [ids.get(c, unk) for c in text]
+
+    def count(self, text: str) -> int | list[int]:
+        """The number of labels of ``text`` when it is one label per character (a character
+        vocabulary), else the labels themselves: what CTC feasibility needs, without encoding."""
+        if self.is_char_level and not any(t in text for t in self._multi_char_tokens):
+            return len(text)
+        return self(text)

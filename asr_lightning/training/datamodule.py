@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -25,10 +25,10 @@ from asr_lightning.data.sources import (
     SourceConfig,
     Utterance,
     iter_source,
-    load_source,
     parse_spec,
 )
 from asr_lightning.data.streaming import DEFAULT_BUFFER_SIZE, StreamingASRDataset
+from asr_lightning.data.table import ItemTable, ItemTableBuilder
 from asr_lightning.errors import AudioDecodeError, ConfigError, VocabularyError
 from asr_lightning.model.factory import (
     build_processor,
@@ -49,6 +49,8 @@ AnyDataset = ASRDataset | StreamingASRDataset
 MAX_EMPTY_TRANSCRIPT_FRACTION = 0.5
 #: Transcripts scanned, and characters shown, when explaining that the vocabulary does not fit.
 OOV_SAMPLE = 1000
+#: Source rows read, measured and filtered at a time at setup.
+SETUP_CHUNK_ROWS = 65_536
 OOV_SHOWN = 20
 
 
@@ -228,15 +230,16 @@ class ASRDataModule(pl.LightningDataModule):
                 "folder that has a tokenizer (e.g. the hf_model folder fit writes)"
             )
         normalizer = TextNormalizer(case=self._scratch_case(), **self._drop_kwargs())
-        texts = [
-            normalizer(utt.text)
-            for spec in self.sources["train"].values()
-            for utt in iter_source(spec)
-        ]
-        vocab = build_vocab(texts)
-        log.info(
-            "built a %d-symbol vocabulary from %d training transcripts", len(vocab), len(texts)
-        )
+        read = [0]
+
+        def texts() -> Iterator[str]:  # one pass, no list: a million transcripts stay unread
+            for spec in self.sources["train"].values():
+                for utt in iter_source(spec):
+                    read[0] += 1
+                    yield normalizer(utt.text)
+
+        vocab = build_vocab(texts())
+        log.info("built a %d-symbol vocabulary from %d training transcripts", len(vocab), read[0])
         return vocab
 
     def _scratch_case(self) -> Literal["upper", "lower", "keep"]:
@@ -317,19 +320,27 @@ class ASRDataModule(pl.LightningDataModule):
                 num_replicas=replicas,
                 rank=rank,
             )
-        utts = load_source(config)
         cache = None
         if self.duration_cache:
             cache = DurationCache(os.path.expanduser(self.duration_cache))
-        durations = measure_durations(utts, cache, progress=len(utts) > 2000)
-        kept, report = filter_utterances(utts, durations, rules, normalizer, label_length=encoder)
+        table, unreadable = ItemTableBuilder(), ItemTableBuilder()
+        report, sample = FilterReport(), []
+        # in chunks: a million-row manifest never exists as a million Python objects at once
+        for chunk in _chunks(iter_source(config), SETUP_CHUNK_ROWS):
+            sample += chunk[: OOV_SAMPLE - len(sample)]
+            durations = measure_durations(chunk, cache, progress=len(chunk) > 2000)
+            kept, found = filter_utterances(chunk, durations, rules, normalizer, encoder.count)
+            report = report.merge(found)
+            table.extend(Item(k.utterance.id, k.utterance.audio, k.text, k.duration) for k in kept)
+            if split != "train":  # scores cover the whole set: unreadable audio is scored too
+                unreadable.extend(_unreadable_items(chunk, durations, normalizer))
         self.reports[f"{split}/{name}"] = report
         log.info("%s/%s: %s", split, name, report.summary())
         if split == "train":
-            _check_transcripts_fit(report, utts, config.path, normalizer)
-        items = [Item(k.utterance.id, k.utterance.audio, k.text, k.duration) for k in kept]
-        if split != "train":  # scores cover the whole set: unreadable audio is scored too
-            items += _unreadable_items(utts, durations, normalizer, f"{split}/{name}")
+            _check_transcripts_fit(report, sample, config.path, normalizer)
+        if unreadable:
+            _warn_unreadable(unreadable.finish(), f"{split}/{name}", table)
+        items = table.finish()
         return ASRDataset(
             items,
             encoder,
@@ -504,39 +515,55 @@ def _eval_rules(rules: FilterRules) -> FilterRules:
 
 
 def _unreadable_items(
-    utts: Sequence[Utterance],
-    durations: Sequence[Any],
-    normalizer: TextNormalizer,
-    where: str,
-) -> list[Item]:
+    utts: Sequence[Utterance], durations: Sequence[Any], normalizer: TextNormalizer
+) -> Iterator[Item]:
     """The utterances of an evaluation set whose audio could not be read at setup, as items
     the dataset returns as ``Skipped`` (with their reason and reference) every time."""
-    items = [
-        Item(utt.id, utt.audio, normalizer(utt.text), 0.0, unreadable=decode_reason(duration))
-        for utt, duration in zip(utts, durations, strict=True)
-        if isinstance(duration, AudioDecodeError)
-    ]
-    if items:
-        log.warning(
-            "%s: %d utterance(s) cannot be read (e.g. %s: %s); they are scored as empty "
-            "transcripts unless model.unreadable is exclude",
-            where,
-            len(items),
-            items[0].id,
-            items[0].unreadable,
-        )
-    return items
+    for utt, duration in zip(utts, durations, strict=True):
+        if isinstance(duration, AudioDecodeError):
+            yield Item(utt.id, utt.audio, normalizer(utt.text), 0.0, decode_reason(duration))
+
+
+def _warn_unreadable(unreadable: ItemTable, where: str, table: ItemTableBuilder) -> None:
+    """Append the unreadable items to the set (scored, not dropped), and say so once."""
+    table.extend(unreadable)
+    first = unreadable[0]
+    log.warning(
+        "%s: %d utterance(s) cannot be read (e.g. %s: %s); they are scored as empty "
+        "transcripts unless model.unreadable is exclude",
+        where,
+        len(unreadable),
+        first.id,
+        first.unreadable,
+    )
+
+
+def _chunks(rows: Iterable[Utterance], size: int) -> Iterator[list[Utterance]]:
+    chunk: list[Utterance] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _check_transcripts_fit(
-    report: FilterReport, utts: Sequence[Utterance], source: str, normalizer: TextNormalizer
+    report: FilterReport, sample: Sequence[Utterance], source: str, normalizer: TextNormalizer
 ) -> None:
-    """Stop when most transcripts are empty once normalized: the vocabulary cannot spell them."""
-    total = len(utts)
+    """Stop when most transcripts are empty once normalized: the vocabulary cannot spell them.
+
+    Args:
+        report: The training set's filter report.
+        sample: Its first utterances, to show the characters the vocabulary cannot spell.
+        source: The training source, named in the error.
+        normalizer: The normalizer of the labels.
+    """
+    total = report.total
     empty = report.dropped.get("empty transcript after normalization", 0)
     if not total or empty / total <= MAX_EMPTY_TRANSCRIPT_FRACTION:
         return
-    sample = utts[:OOV_SAMPLE]
     unknown = sum((normalizer.oov_characters(utt.text) for utt in sample), Counter())
     shown = ", ".join(f"{char!r} ({count})" for char, count in unknown.most_common(OOV_SHOWN))
     spelled = "".join(sorted(normalizer.vocabulary or ()))

@@ -1,0 +1,199 @@
+"""The utterance table of a dataset, stored in columns: flat numpy arrays, not Python objects.
+
+A list of a million :class:`~asr_lightning.data.dataset.Item` objects costs about 0.5 GB, and a
+forked DataLoader worker that reads them touches each object's reference count, so the kernel
+copies every page it reads into the worker (copy-on-read): each worker's private memory grows
+towards the size of the table over an epoch. Here every column is one buffer (strings as UTF-8
+bytes plus an offsets array, durations as float64), so reading a row touches no per-row object,
+workers share the pages with the main process, and the table of Common Voice English (about a
+million clips) takes about 100 MB. Rows are built into :class:`Item` objects on access.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
+
+import numpy as np
+
+from asr_lightning.data.records import Item
+
+
+class StringColumn(Sequence[str | bytes]):
+    """Strings (or bytes) in one buffer; row ``i`` is ``data[offsets[i]:offsets[i + 1]]``.
+
+    Args:
+        data: The concatenated UTF-8 encodings (``uint8``).
+        offsets: ``len + 1`` start offsets (``int64``), the last one the buffer's length.
+        is_bytes: Rows that hold ``bytes`` rather than text (embedded audio), or ``None``.
+    """
+
+    __slots__ = ("_data", "_offsets", "_is_bytes")
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, is_bytes: np.ndarray | None) -> None:
+        self._data = data
+        self._offsets = offsets
+        self._is_bytes = is_bytes
+
+    @classmethod
+    def build(cls, values: Iterable[str | bytes]) -> StringColumn:
+        builder = _ColumnBuilder()
+        for value in values:
+            builder.append(value)
+        return builder.finish()
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> str | bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str | bytes]: ...
+    def __getitem__(self, index: int | slice) -> str | bytes | list[str | bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} of a column of {len(self)}")
+        raw = self._data[self._offsets[index] : self._offsets[index + 1]].tobytes()
+        if self._is_bytes is not None and self._is_bytes[index]:
+            return raw
+        return raw.decode("utf-8")
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self._is_bytes is None else self._is_bytes.nbytes
+        return self._data.nbytes + self._offsets.nbytes + extra
+
+
+class _ColumnBuilder:
+    """Appends strings to a growing buffer; :meth:`finish` freezes it into numpy arrays."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._offsets = array("q", [0])
+        self._bytes_rows = array("q")
+
+    def append(self, value: str | bytes) -> None:
+        if isinstance(value, bytes):
+            self._bytes_rows.append(len(self._offsets) - 1)
+            self._data += value
+        else:
+            self._data += value.encode("utf-8", "surrogatepass")
+        self._offsets.append(len(self._data))
+
+    def finish(self) -> StringColumn:
+        rows = len(self._offsets) - 1
+        is_bytes = None
+        if self._bytes_rows:
+            is_bytes = np.zeros(rows, dtype=bool)
+            is_bytes[np.frombuffer(self._bytes_rows, dtype=np.int64)] = True
+        data = np.frombuffer(bytes(self._data), dtype=np.uint8)
+        offsets = np.frombuffer(self._offsets, dtype=np.int64).copy()
+        self._data, self._offsets = bytearray(), array("q", [0])
+        return StringColumn(data, offsets, is_bytes)
+
+
+class ItemTable(Sequence[Item]):
+    """The items of a dataset in columns; ``table[i]`` is the :class:`Item` of row ``i``.
+
+    Build it with :class:`ItemTableBuilder` (or :meth:`from_items`); it is read-only.
+    """
+
+    __slots__ = ("ids", "audio", "texts", "durations", "unreadable")
+
+    def __init__(
+        self,
+        ids: StringColumn,
+        audio: StringColumn,
+        texts: StringColumn,
+        durations: np.ndarray,
+        unreadable: dict[int, str],
+    ) -> None:
+        if not len(ids) == len(audio) == len(texts) == len(durations):
+            raise ValueError("the columns of an item table must have one row per item")
+        self.ids = ids
+        self.audio = audio
+        self.texts = texts
+        self.durations = durations
+        self.unreadable = unreadable  # row -> reason: the few rows setup could not read
+
+    @classmethod
+    def from_items(cls, items: Iterable[Item]) -> ItemTable:
+        builder = ItemTableBuilder()
+        builder.extend(items)
+        return builder.finish()
+
+    def __len__(self) -> int:
+        return len(self.durations)
+
+    @overload
+    def __getitem__(self, index: int) -> Item: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Item]: ...
+    def __getitem__(self, index: int | slice) -> Item | list[Item]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        return Item(
+            str(self.ids[index]),
+            self.audio[index],
+            str(self.texts[index]),
+            float(self.durations[index]),
+            self.unreadable.get(index),
+        )
+
+    def __iter__(self) -> Iterator[Item]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the columns."""
+        columns = (self.ids, self.audio, self.texts)
+        return sum(c.nbytes for c in columns) + self.durations.nbytes
+
+
+class ItemTableBuilder:
+    """Collects items row by row without keeping an object per row."""
+
+    def __init__(self) -> None:
+        self._ids = _ColumnBuilder()
+        self._audio = _ColumnBuilder()
+        self._texts = _ColumnBuilder()
+        self._durations = array("d")
+        self._unreadable: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._durations)
+
+    def append(self, item: Item) -> None:
+        if item.unreadable is not None:
+            self._unreadable[len(self._durations)] = item.unreadable
+        self._ids.append(item.id)
+        self._audio.append(item.audio)
+        self._texts.append(item.text)
+        self._durations.append(item.duration)
+
+    def extend(self, items: Iterable[Item]) -> None:
+        for item in items:
+            self.append(item)
+
+    def finish(self) -> ItemTable:
+        durations = np.frombuffer(self._durations, dtype=np.float64).copy()
+        table = ItemTable(
+            self._ids.finish(),
+            self._audio.finish(),
+            self._texts.finish(),
+            durations,
+            dict(self._unreadable),
+        )
+        self._durations, self._unreadable = array("d"), {}
+        return table
+
+
+def as_table(items: Sequence[Item]) -> ItemTable:
+    """``items`` as an :class:`ItemTable` (itself when it already is one)."""
+    return items if isinstance(items, ItemTable) else ItemTable.from_items(items)
