@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -197,6 +197,25 @@ class TextNormalizer:
             return " ".join(text.split())
         # A lone apostrophe (a stray quote mark) is not a word.
         return " ".join(w for w in text.split() if w.strip(APOSTROPHE))
+
+    def characters(self, texts: Iterable[str]) -> set[str]:
+        """The characters of the normalized ``texts``, as a vocabulary built from them needs.
+
+        Exact, and cheaper than normalizing every text: an ASCII text without apostrophes is
+        normalized character by character (case, dropped punctuation, separators), so the
+        characters of all such texts are pooled and normalized once; other texts one by one.
+        """
+        pooled: set[str] = set()
+        found: set[str] = set()
+        per_character = len(self.word_delimiter) == 1
+        for text in texts:
+            if per_character and text.isascii() and APOSTROPHE not in text and "`" not in text:
+                pooled.update(text)
+            else:
+                found.update(self(text))
+        if pooled:
+            found.update(self(" ".join(sorted(pooled))))
+        return found
 
     def oov_characters(self, text: str) -> Counter[str]:
         """Characters of ``text`` that the vocabulary cannot spell, with their counts.

@@ -7,6 +7,7 @@ which treatment (augmentation and shuffling for training only) and reports what 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -190,6 +191,7 @@ class ASRDataModule(pl.LightningDataModule):
         self._processor: tuple[Any, Any] | None = None
         self._vocab: dict[str, int] | None = None
         self._vocab_is_built = False  # from the training transcripts (not the checkpoint's)
+        self._train_rows: dict[str, ItemTable] = {}  # read to build the vocabulary, kept once
         self._frames_per_second: float | None = None
         self._train_sampler: DurationBucketSampler | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
@@ -232,13 +234,20 @@ class ASRDataModule(pl.LightningDataModule):
         normalizer = TextNormalizer(case=self._scratch_case(), **self._drop_kwargs())
         read = [0]
 
-        def texts() -> Iterator[str]:  # one pass, no list: a million transcripts stay unread
-            for spec in self.sources["train"].values():
+        def texts() -> Iterator[str]:  # one pass, no list of a million transcripts
+            for name, spec in self.sources["train"].items():
+                # the rows are kept in columns, so that setup does not parse the source again
+                rows = None if parse_spec(spec).streaming else ItemTableBuilder()
                 for utt in iter_source(spec):
                     read[0] += 1
-                    yield normalizer(utt.text)
+                    if rows is not None:
+                        duration = math.nan if utt.duration is None else utt.duration
+                        rows.append(Item(utt.id, utt.audio, utt.text, duration))
+                    yield utt.text
+                if rows is not None:
+                    self._train_rows[name] = rows.finish()
 
-        vocab = build_vocab(texts())
+        vocab = build_vocab(["".join(sorted(normalizer.characters(texts())))])
         log.info("built a %d-symbol vocabulary from %d training transcripts", len(vocab), read[0])
         return vocab
 
@@ -326,7 +335,9 @@ class ASRDataModule(pl.LightningDataModule):
         table, unreadable = ItemTableBuilder(), ItemTableBuilder()
         report, sample = FilterReport(), []
         # in chunks: a million-row manifest never exists as a million Python objects at once
-        for chunk in _chunks(iter_source(config), SETUP_CHUNK_ROWS):
+        read_before = self._train_rows.pop(name, None) if split == "train" else None
+        rows = iter_source(config) if read_before is None else _utterances(read_before)
+        for chunk in _chunks(rows, SETUP_CHUNK_ROWS):
             sample += chunk[: OOV_SAMPLE - len(sample)]
             durations = measure_durations(chunk, cache, progress=len(chunk) > 2000)
             kept, found = filter_utterances(chunk, durations, rules, normalizer, encoder.count)
@@ -536,6 +547,13 @@ def _warn_unreadable(unreadable: ItemTable, where: str, table: ItemTableBuilder)
         first.id,
         first.unreadable,
     )
+
+
+def _utterances(rows: ItemTable) -> Iterator[Utterance]:
+    """The utterances of a source read before (raw transcripts; NaN: no stated duration)."""
+    for item in rows:
+        duration = None if math.isnan(item.duration) else item.duration
+        yield Utterance(item.id, item.audio, item.text, duration)
 
 
 def _chunks(rows: Iterable[Utterance], size: int) -> Iterator[list[Utterance]]:

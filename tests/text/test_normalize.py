@@ -146,3 +146,29 @@ def test_frozen_hashable_and_picklable(upper):
     assert pickle.loads(pickle.dumps(upper)) == upper
     assert hash(upper) == hash(upper.replace())
     assert upper.replace(case="lower")("Hello") == ""
+
+
+@pytest.mark.parametrize(
+    "normalizer",
+    [
+        TextNormalizer(case="keep"),
+        TextNormalizer(case="upper"),
+        TextNormalizer(vocabulary=frozenset("abcdefghijklmnopqrstuvwxyz'"), case="lower"),
+        TextNormalizer(case="keep", word_delimiter="<sp>"),
+    ],
+    ids=["keep", "upper", "vocabulary", "long-delimiter"],
+)
+def test_characters_are_those_of_every_normalized_text(normalizer):
+    texts = [
+        "Hello, World!",
+        "rock/paper_scissors",
+        "don't ' stop `til dawn",
+        "ÉTÉ à Paris — Œuvre",
+        "ﬁve ½ tabs\tand\nlines",
+        "a|b <sp> c",
+        "' '' `",
+        "Straße",
+    ]
+    expected = set("".join(normalizer(t) for t in texts))
+    assert normalizer.characters(texts) == expected
+    assert normalizer.characters([]) == set()
