@@ -7,7 +7,9 @@ the workers, runs the same LightningCLI ``fit`` a local user runs, and on global
 completes the model dir (ONNX export, ``code/``). See ``asr_lightning/sagemaker/contract.py``.
 
 Environment beyond SageMaker's ``SM_*``: ``ASR_LIGHTNING_CHECKPOINT_DIR`` (default
-``/opt/ml/checkpoints``) and ``ASR_LIGHTNING_SKIP_ONNX=1`` to leave the ONNX export out.
+``/opt/ml/checkpoints``), ``ASR_LIGHTNING_SKIP_ONNX=1`` to leave the ONNX export out, and for
+tests or networks where the names of ``SM_HOSTS`` do not resolve ``ASR_LIGHTNING_HOST_ADDRESSES``
+(JSON host name -> address of the rendezvous) with ``SM_MASTER_PORT`` (its port).
 """
 
 from __future__ import annotations

@@ -259,3 +259,162 @@ def load_handler(model_dir: Path, name: str = "sm_inference_handler") -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ------------------------------------------------------------------------------ several processes
+#: The tolerance two runs' weights agree within when only the processes' layout differs.
+WEIGHT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it: parallel tests do not collide)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def distributed_env(**extra: str) -> dict[str, str]:
+    """:func:`cli_env` for DDP on CPU: no GPU, one thread per process (2 processes on 2 cores
+    compute the same sums in the same order), and this environment's ``torchrun`` first on PATH.
+    """
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {
+        **cli_env(),
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PATH": path,
+        **extra,
+    }
+
+
+def recorder_callback(directory: Path) -> dict[str, Any]:
+    """The ``trainer.callbacks`` entry of :class:`RecordBatches` writing into ``directory``."""
+    return {
+        "class_path": f"{RecordBatches.__module__}.{RecordBatches.__name__}",
+        "init_args": {"directory": str(directory)},
+    }
+
+
+def run_together(
+    commands: list[tuple[list[str], dict[str, str]]],
+    logs: Path,
+    cwd: Path | list[Path] = REPO_ROOT,
+    timeout: float = SUBPROCESS_TIMEOUT_S,
+) -> list[str]:
+    """Start every ``(command, env)`` at once (the nodes of one job), wait for all of them.
+
+    ``cwd`` is the working directory of all of them, or a list of one per command.
+
+    Output goes to files in ``logs`` (a pipe nobody reads would block a process that its peers
+    wait on). On a failure or the timeout every process is killed with all it started (torchrun
+    puts its workers in sessions of their own), and the assertion shows the tail of each one's
+    output.
+
+    Returns:
+        Each process's output (stdout and stderr together), in the order of ``commands``.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    folders = cwd if isinstance(cwd, list) else [cwd] * len(commands)
+    processes = []
+    for index, ((command, env), folder) in enumerate(zip(commands, folders, strict=True)):
+        with (logs / f"process{index}.log").open("w") as out:
+            processes.append(
+                subprocess.Popen(command, env=env, cwd=folder, stdout=out, stderr=subprocess.STDOUT)
+            )
+    deadline, late = time.monotonic() + timeout, False
+    try:
+        while any(process.poll() is None for process in processes):
+            late = time.monotonic() > deadline
+            if late or any(process.returncode not in (None, 0) for process in processes):
+                break
+            time.sleep(0.5)
+    finally:
+        for process in processes:
+            _kill_tree(process)
+    outputs = [(logs / f"process{i}.log").read_text(errors="replace") for i in range(len(commands))]
+    codes = [process.returncode for process in processes]
+    if codes != [0] * len(codes):
+        tails = "\n".join(
+            f"--- process {i} ({' '.join(commands[i][0][:4])} ...) exited {code}:\n{out[-3000:]}"
+            for i, (code, out) in enumerate(zip(codes, outputs, strict=True))
+        )
+        why = f"still ran after {timeout:.0f} s (killed: -9)" if late else "failed"
+        raise AssertionError(f"a process {why}:\n{tails}")
+    return outputs
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process that still runs and every process under it; reap it."""
+    import psutil
+
+    if process.poll() is None:
+        try:
+            tree = [psutil.Process(process.pid)]
+            tree += tree[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        for member in tree:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
+    process.wait()
+
+
+def assert_once_per_epoch(
+    records: dict[int, list[dict[str, Any]]], ranks: int, epochs: int
+) -> set[str]:
+    """Check :class:`RecordBatches` records of a DDP run: every rank trained the same number of
+    batches, and every epoch saw the same items, each exactly once across the ranks.
+
+    Returns:
+        The items of an epoch.
+    """
+    assert sorted(records) == list(range(ranks)), f"ranks on record: {sorted(records)}"
+    counts = {rank: len(lines) for rank, lines in records.items()}
+    assert len(set(counts.values())) == 1, f"batches per rank differ: {counts}"
+    epoch_items = []
+    for epoch in range(epochs):
+        seen: dict[str, int] = {}
+        for lines in records.values():
+            for line in lines:
+                if line["epoch"] == epoch:
+                    for uid in line["ids"]:
+                        seen[uid] = seen.get(uid, 0) + 1
+        twice = sorted(uid for uid, count in seen.items() if count > 1)
+        assert seen and not twice, f"epoch {epoch}: {len(seen)} items, seen twice: {twice}"
+        epoch_items.append(set(seen))
+    assert all(items == epoch_items[0] for items in epoch_items), "epochs saw different items"
+    return epoch_items[0]
+
+
+def batch_ids(records: dict[int, list[dict[str, Any]]]) -> dict[int, list[list[str]]]:
+    """``{rank: [ids of each trained batch, in order]}`` of :class:`RecordBatches` records."""
+    return {rank: [line["ids"] for line in lines] for rank, lines in records.items()}
+
+
+def assert_same_weights(actual: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Two state dicts hold the same tensors within :data:`WEIGHT_TOLERANCE`."""
+    import torch
+
+    assert sorted(actual) == sorted(expected), "the state dicts hold different tensors"
+    for name, tensor in expected.items():
+        torch.testing.assert_close(
+            actual[name], tensor, msg=lambda text, name=name: f"{name}: {text}", **WEIGHT_TOLERANCE
+        )
+
+
+def checkpoint_weights(path: Path) -> dict[str, Any]:
+    """The ``state_dict`` of a Lightning checkpoint."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def hf_weights(folder: Path) -> dict[str, Any]:
+    """The tensors of a Hugging Face model folder's ``model.safetensors``."""
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")

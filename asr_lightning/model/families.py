@@ -147,6 +147,20 @@ def freeze_front_end(model: Any) -> str | None:
     return None
 
 
+def layerdrop(config: Any) -> float:
+    """The probability of skipping each encoder layer in training, also for composite configs
+    (Parakeet's ``encoder_config``); 0.0 for a family without LayerDrop."""
+    for owner in (
+        config,
+        getattr(config, "encoder_config", None),
+        getattr(config, "audio_config", None),
+    ):
+        value = getattr(owner, "layerdrop", None)
+        if value is not None:
+            return float(value)
+    return 0.0
+
+
 def hidden_size(config: Any) -> int:
     """The encoder's hidden size, also for composite configs (Parakeet, LASR, OmniASR)."""
     for owner in (

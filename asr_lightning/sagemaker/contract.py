@@ -79,6 +79,12 @@ SOURCE_SUFFIX = "_source"
 SAGEMAKER_PREFIX = "sagemaker_"
 #: Port of the torchrun rendezvous on the first host when SageMaker does not name one.
 DEFAULT_MASTER_PORT = 29500
+#: The environment variable naming the rendezvous port (``DEFAULT_MASTER_PORT`` when unset).
+MASTER_PORT_ENV = "SM_MASTER_PORT"
+#: The environment variable holding a JSON map host name -> address, for networks where the
+#: names of ``SM_HOSTS`` do not resolve (tests running every host on 127.0.0.1). SageMaker does
+#: not set it: there the first host's name is the rendezvous address.
+HOST_ADDRESSES_ENV = "ASR_LIGHTNING_HOST_ADDRESSES"
 #: Names a manifest is looked for under, per channel, when a channel holds several files.
 _PREFERRED_STEMS = {
     "train": ("train",),
@@ -111,6 +117,8 @@ class TrainingContract:
     """``SM_HPS`` merged with the ``--key value`` arguments (the arguments win)."""
     master_port: int = DEFAULT_MASTER_PORT
     """``SM_MASTER_PORT``: port of the rendezvous on the first host."""
+    host_addresses: dict[str, str] = field(default_factory=dict)
+    """``ASR_LIGHTNING_HOST_ADDRESSES``: host name -> address to reach it at; empty: the names."""
 
     @property
     def node_rank(self) -> int:
@@ -123,6 +131,11 @@ class TrainingContract:
     @property
     def world_size(self) -> int:
         return len(self.hosts) * self.processes_per_node
+
+    @property
+    def master_addr(self) -> str:
+        """Where the rendezvous runs: the first host, or its address in ``host_addresses``."""
+        return self.host_addresses.get(self.hosts[0], self.hosts[0])
 
 
 def contract_from_env(
@@ -162,8 +175,39 @@ def contract_from_env(
         current_host=current,
         num_gpus=int(env.get("SM_NUM_GPUS") or 0),
         hyperparameters=hyperparameters,
-        master_port=int(env.get("SM_MASTER_PORT") or DEFAULT_MASTER_PORT),
+        master_port=_port(env),
+        host_addresses=_host_addresses(env, hosts),
     )
+
+
+def _port(env: Mapping[str, str]) -> int:
+    value = env.get(MASTER_PORT_ENV) or str(DEFAULT_MASTER_PORT)
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError(f"{MASTER_PORT_ENV} must be a TCP port (1-65535), got {value!r}")
+    return port
+
+
+def _host_addresses(env: Mapping[str, str], hosts: Sequence[str]) -> dict[str, str]:
+    """The ``ASR_LIGHTNING_HOST_ADDRESSES`` map; it must give the rendezvous host's address."""
+    addresses = _json(env, HOST_ADDRESSES_ENV, {})
+    if not isinstance(addresses, dict) or not all(
+        isinstance(name, str) and isinstance(address, str) and address
+        for name, address in addresses.items()
+    ):
+        raise ConfigError(
+            f"{HOST_ADDRESSES_ENV} must be a JSON object of host name -> address, such as "
+            f'{{"algo-1": "127.0.0.1"}}; got {env[HOST_ADDRESSES_ENV]!r}'
+        )
+    if addresses and hosts[0] not in addresses:
+        raise ConfigError(
+            f"{HOST_ADDRESSES_ENV} names no address for {hosts[0]!r}, the first of SM_HOSTS "
+            f"(where the rendezvous runs): add it, or unset {HOST_ADDRESSES_ENV}"
+        )
+    return addresses
 
 
 def _json(env: Mapping[str, str], key: str, default: Any) -> Any:
@@ -351,6 +395,9 @@ def under_torchrun(env: Mapping[str, str]) -> bool:
 def torchrun_command(contract: TrainingContract, script: str, argv: Sequence[str]) -> list[str]:
     """``torchrun`` starting ``script argv`` once per GPU on this host, ranked among the hosts.
 
+    The rendezvous is on the first host (:attr:`TrainingContract.master_addr`), port
+    :attr:`TrainingContract.master_port`.
+
     Args:
         contract: The job's contract (hosts, this host, GPUs).
         script: The entry script to run in each worker.
@@ -361,7 +408,7 @@ def torchrun_command(contract: TrainingContract, script: str, argv: Sequence[str
         f"--nnodes={len(contract.hosts)}",
         f"--nproc_per_node={contract.processes_per_node}",
         f"--node_rank={contract.node_rank}",
-        f"--master_addr={contract.hosts[0]}",
+        f"--master_addr={contract.master_addr}",
         f"--master_port={contract.master_port}",
         script,
         *argv,

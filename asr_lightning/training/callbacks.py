@@ -112,7 +112,11 @@ class ResumableCheckpoint(ModelCheckpoint):
 
 def load_best_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
     """Loads the best checkpoint's weights into the module (its processor and configuration
-    stay); returns the checkpoint's path, ``""`` when there is none."""
+    stay); returns the checkpoint's path, ``""`` when there is none.
+
+    Call it on global rank zero only: checkpoints are written there, and on several nodes the
+    other nodes' disks do not have them (every rank knows the path, not the file).
+    """
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         checkpoint = torch.load(best, map_location="cpu", weights_only=False)
@@ -141,10 +145,10 @@ class SaveHFModel(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or trainer.sanity_checking:
             return
-        if self.use_best:
-            load_best_weights(trainer, pl_module)
         out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / HF_SUBDIR)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero:  # the only rank that writes, and has the checkpoints on disk
+            if self.use_best:
+                load_best_weights(trainer, pl_module)
             pl_module.save_hf(out)
             rank_zero_info(f"saved the Hugging Face model folder to {out}")
         self.saved_to = out
@@ -180,9 +184,9 @@ class ONNXExport(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or trainer.sanity_checking:
             return
-        best = load_best_weights(trainer, pl_module) if self.use_best else ""
         out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / ONNX_FOLDER)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero:  # the only rank that writes, and has the checkpoints on disk
+            best = load_best_weights(trainer, pl_module) if self.use_best else ""
             loaded = LoadedModel(
                 pl_module.model.cpu().eval(), pl_module.feature_extractor, pl_module.tokenizer
             )

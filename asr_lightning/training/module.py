@@ -32,6 +32,7 @@ from asr_lightning.model.families import (
     blank_token_id,
     freeze_front_end,
     hidden_size,
+    layerdrop,
     padding_exact,
     padding_warning,
 )
@@ -250,6 +251,7 @@ class CTCModule(lightning.LightningModule):
         """
         model = self._require_model()
         model.train()
+        self._check_ddp_layerdrop(model.config)
         for message in (
             padding_warning(model.config.model_type),
             bf16_warning(self.trainer.precision, hidden_size(model.config))
@@ -258,6 +260,26 @@ class CTCModule(lightning.LightningModule):
         ):
             if message:
                 rank_zero_warn(message)
+
+    def _check_ddp_layerdrop(self, config: Any) -> None:
+        """LayerDrop skips layers at random, differently on each process (their random streams
+        part after the first batches of different lengths); DDP, unless told to look for unused
+        parameters, then waits for gradients that never come: an error, or a hang mid-epoch."""
+        probability = layerdrop(config)
+        wrapped = getattr(self.trainer.strategy, "model", None)
+        if (
+            probability > 0
+            and self.trainer.world_size > 1
+            and isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+            and not wrapped.find_unused_parameters
+        ):
+            raise ConfigError(
+                f"layerdrop={probability:g} skips encoder layers at random, differently on each "
+                f"of the {self.trainer.world_size} DDP processes, and DDP without "
+                "find_unused_parameters then fails or hangs mid-training: set --model.layerdrop "
+                "0.0 (as configs/*.yaml do), or --trainer.strategy "
+                "ddp_find_unused_parameters_true"
+            )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self._skipped_total += len(batch.get("skipped", ()))
@@ -444,13 +466,12 @@ class CTCModule(lightning.LightningModule):
         hp = self.hparams
         model = self._require_model()
         groups = parameter_groups(model, hp.learning_rate, hp.head_learning_rate, hp.weight_decay)
-        on_cuda = all(group["params"][0].is_cuda for group in groups)
         optimizer = torch.optim.AdamW(
             groups,
             lr=hp.learning_rate,
             betas=hp.adam_betas,
             eps=hp.adam_epsilon,
-            fused=on_cuda or None,
+            fused=_fused_adamw_supported(groups) or None,
         )
         total = self.trainer.estimated_stepping_batches
         scheduler = build_scheduler(optimizer, hp.scheduler, hp.warmup_ratio, total)
@@ -494,6 +515,27 @@ class CTCModule(lightning.LightningModule):
         save_decoding(self.decoding, path)  # the LM travels with the model
         log.info("saved the model, feature extractor and tokenizer to %s", path)
         return path
+
+
+def _fused_adamw_supported(groups: list[dict[str, Any]]) -> bool:
+    """Whether torch's fused AdamW kernel takes every parameter of ``groups``.
+
+    Fused runs one kernel over all parameters; on a CPU the default instead loops over them
+    tensor by tensor: one AdamW step of the 2.2 M-parameter AN4 Parakeet (158 tensors) took
+    3.6 ms fused against 40 ms (benchmarks/train_speed.py, BENCHMARKS.md). ``transformers``
+    ``Trainer`` defaults to the fused kernel too (``adamw_torch_fused``, torch >= 2.8).
+    """
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # a torch without the list: the devices every torch >= 2.4 fuses on
+        devices = {"cpu", "cuda"}
+    return all(
+        param.device.type in devices and param.is_floating_point()
+        for group in groups
+        for param in group["params"]
+    )
 
 
 def _each_row_alone(model: Any, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,26 @@ def test_torchrun_only_when_several_processes_and_not_yet_launched(tmp_path: Pat
     assert "--trainer.strategy" not in sm.lightning_args(single, "/src")
 
 
+def test_host_addresses_and_port_override_the_rendezvous(tmp_path: Path) -> None:
+    addresses = json.dumps({"algo-1": "127.0.0.1", "algo-2": "127.0.0.2"})
+    env = _env(tmp_path, ASR_LIGHTNING_HOST_ADDRESSES=addresses, SM_MASTER_PORT="41234")
+    contract = sm.contract_from_env(env)
+    assert contract.master_addr == "127.0.0.1" and contract.master_port == 41234
+    command = sm.torchrun_command(contract, "train.py", [])
+    assert "--master_addr=127.0.0.1" in command and "--master_port=41234" in command
+    assert "--node_rank=1" in command  # ranks still come from the host names
+    assert sm.contract_from_env(_env(tmp_path)).master_addr == "algo-1"  # unset: the name
+
+    for bad in ('["127.0.0.1"]', '{"algo-1": 1}', '{"algo-1": ""}', "{not json"):
+        with pytest.raises(ConfigError, match="ASR_LIGHTNING_HOST_ADDRESSES"):
+            sm.contract_from_env(_env(tmp_path, ASR_LIGHTNING_HOST_ADDRESSES=bad))
+    with pytest.raises(ConfigError, match="no address for 'algo-1'"):
+        sm.contract_from_env(_env(tmp_path, ASR_LIGHTNING_HOST_ADDRESSES='{"algo-2": "x"}'))
+    for bad in ("0", "65536", "port"):
+        with pytest.raises(ConfigError, match="SM_MASTER_PORT must be a TCP port"):
+            sm.contract_from_env(_env(tmp_path, SM_MASTER_PORT=bad))
+
+
 def test_the_seeds_lm_path_and_beam_width_set_the_decoding(tmp_path: Path) -> None:
     lm = tmp_path / "lm"
     lm.mkdir()
