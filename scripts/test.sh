@@ -2,7 +2,9 @@
 # The test suite (the README's second command). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-. scripts/bootstrap.sh
+# the test extras (pytest, moto, the SageMaker SDK and inference toolkit) and java, which the
+# toolkit's multi-model-server runs on; the main job (scripts/quickstart.sh) needs neither
+BOOTSTRAP_EXTRAS=dev,sagemaker BOOTSTRAP_APT="java:default-jre-headless" . scripts/bootstrap.sh
 . scripts/kenlm.sh
 export HF_HUB_OFFLINE=1
 exec python -m pytest -q "$@"
