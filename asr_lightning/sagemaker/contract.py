@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from asr_lightning.artifacts import HF_SUBDIR
 from asr_lightning.data.sources import (
     CV_SPLITS,
@@ -70,6 +72,10 @@ def metric_line(metrics: dict[str, float], step: int, epoch: int) -> str:
     return " ".join(parts)
 
 
+#: Where a job's logger writes, under ``SM_OUTPUT_DATA_DIR`` (SageMaker's ``output.tar.gz``).
+LOGS = "logs"
+#: Loggers whose folder is ``init_args.save_dir``.
+SAVE_DIR_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 #: Hyperparameters the contract itself reads instead of passing them on.
 #: ``config``: a YAML file, relative to the source dir (e.g. ``configs/quickstart.yaml``).
 #: ``<channel>_source``: which file (or ``#split``) inside a channel folder to read.
@@ -323,9 +329,11 @@ def lightning_args(
     sources = {k[: -len(SOURCE_SUFFIX)]: hps.pop(k) for k in list(hps) if k.endswith(SOURCE_SUFFIX)}
     args = ["fit"]
     config = hps.pop(CONFIG_HYPERPARAMETER, None)
+    config_path = None
     if config:
         path = Path(config)
-        args += ["--config", str(path if path.is_absolute() else Path(source_dir) / path)]
+        config_path = path if path.is_absolute() else Path(source_dir) / path
+        args += ["--config", str(config_path)]
     for channel, folder in sorted(contract.channels.items()):
         if channel in CHANNEL_ARGUMENTS:
             spec = resolve_channel(folder, channel, sources.get(channel))
@@ -345,12 +353,30 @@ def lightning_args(
         str(Path(contract.model_dir) / HF_SUBDIR),
         "--trainer.callbacks+=asr_lightning.training.callbacks.MetricLines",
     ]
+    if _logs_to_a_folder(config_path):  # into output.tar.gz, not a folder SageMaker drops
+        args += ["--trainer.logger.init_args.save_dir", str(Path(contract.output_data_dir) / LOGS)]
     args += _compute_args(contract)
     args += hyperparameter_args(hps)
     last = Path(contract.checkpoint_dir) / LAST_CHECKPOINT
     if resume and last.is_file():
         args += ["--ckpt_path", str(last)]
     return args
+
+
+def _logs_to_a_folder(config: Path | None) -> bool:
+    """Whether the config's logger is one with a ``save_dir`` (TensorBoard, CSV; the default)."""
+    if config is None:
+        return True  # the CLI's default logger: TensorBoard
+    try:
+        trainer = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("trainer") or {}
+    except (OSError, yaml.YAMLError):
+        return False  # LightningCLI reports the unreadable config itself
+    logger = trainer.get("logger", True)
+    if logger is True or logger is None:
+        return True
+    if isinstance(logger, dict):
+        return logger.get("class_path", "").rsplit(".", 1)[-1] in SAVE_DIR_LOGGERS
+    return False
 
 
 def _compute_args(contract: TrainingContract) -> list[str]:

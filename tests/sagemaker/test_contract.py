@@ -173,3 +173,20 @@ def test_the_seeds_lm_path_and_beam_width_set_the_decoding(tmp_path: Path) -> No
         _env(tmp_path / "b"), ["--lm_path", "lms/an4.arpa"], str(tmp_path / "ckpt")
     )
     assert "/src/lms/an4.arpa" in sm.lightning_args(without_channel, "/src")
+
+
+def test_logs_go_into_the_jobs_output_data(tmp_path: Path) -> None:
+    tensorboard = tmp_path / "tb.yaml"
+    tensorboard.write_text(
+        "trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.TensorBoardLogger\n"
+        "    init_args: {save_dir: runs, name: asr}\n"
+    )
+    silent = tmp_path / "silent.yaml"
+    silent.write_text("trainer:\n  logger: false\n")
+    for config, logs_moved in ((tensorboard, True), (None, True), (silent, False)):
+        hps = json.dumps({"config": str(config)} if config else {})
+        contract = sm.contract_from_env(_env(tmp_path, SM_HPS=hps), [], str(tmp_path / "ckpt"))
+        args = sm.lightning_args(contract, "/src")
+        pairs = dict(zip(args, args[1:], strict=False))
+        moved = pairs.get("--trainer.logger.init_args.save_dir")
+        assert moved == (str(tmp_path / "output" / "logs") if logs_moved else None), config

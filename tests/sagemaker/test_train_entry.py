@@ -75,6 +75,8 @@ def test_entry_trains_resumes_and_leaves_a_deployable_model_dir(
     steps = [int(step) for step, _ in EVAL_WER.findall(first)]
     assert steps, first[-3000:]
     assert (checkpoints / "last.ckpt").is_file()
+    # TensorBoard logs land in SM_OUTPUT_DATA_DIR, which SageMaker uploads as output.tar.gz
+    assert list((output_dir / "logs").rglob("events.out.tfevents.*"))
 
     hf_model = model_dir / "hf_model"
     model = AutoModelForCTC.from_pretrained(hf_model)
