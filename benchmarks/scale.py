@@ -111,7 +111,9 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(manifest: Path, db: Path | None, layout: str, workers: int) -> dict[str, Any]:
+def measure(
+    manifest: Path, db: Path | None, layout: str, workers: int, fraction: float = 1.0
+) -> dict[str, Any]:
     """One child process's measurements (see the module docstring)."""
     import psutil
 
@@ -138,13 +140,15 @@ def measure(manifest: Path, db: Path | None, layout: str, workers: int) -> dict[
     sampler = data._train_sampler
     if layout == "objects":  # the layout before: one Python object per row
         dataset.items = list(dataset.items)
-    batches = len(loader)
+    batches = max(1, int(len(loader) * fraction))
     every = max(1, batches // SAMPLES)
     me = psutil.Process()
     uss: dict[int, list[float]] = {}
     seen = 0
     epoch_started = time.perf_counter()
     for index, batch in enumerate(loader):
+        if index == batches:
+            break
         seen += len(batch["ids"]) + len(batch["skipped"])
         if index % every == 0 or index == batches - 1:
             for child in me.children():
@@ -192,15 +196,21 @@ def measure(manifest: Path, db: Path | None, layout: str, workers: int) -> dict[
 
 def _child(args: argparse.Namespace) -> int:
     result = measure(
-        Path(args.manifest), Path(args.db) if args.db else None, args.layout, args.workers
+        Path(args.manifest),
+        Path(args.db) if args.db else None,
+        args.layout,
+        args.workers,
+        args.epoch_fraction,
     )
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
 
-def _run_child(manifest: Path, db: Path | None, layout: str, workers: int) -> dict[str, Any]:
+def _run_child(
+    manifest: Path, db: Path | None, layout: str, workers: int, fraction: float
+) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", "--manifest", str(manifest)]
-    command += ["--layout", layout, "--workers", str(workers)]
+    command += ["--layout", layout, "--workers", str(workers), "--epoch-fraction", str(fraction)]
     if db:
         command += ["--db", str(db)]
     load = os.getloadavg()[0]
@@ -219,6 +229,13 @@ def main() -> int:
     )
     parser.add_argument("--durations", nargs="+", default=["manifest", "cache"])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--epoch-fraction",
+        type=float,
+        default=1.0,
+        help="train batches of the epoch to load (rows are shuffled: 0.25 already touches "
+        "nearly every page of the table)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/asr_lightning_scale"))
     parser.add_argument("--result", type=Path, help="write the rows as JSON here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -244,7 +261,8 @@ def main() -> int:
                     "size": size,
                     "durations": durations,
                     "layout": layout,
-                    **_run_child(manifest, db, layout, args.workers),
+                    **_run_child(manifest, db, layout, args.workers, args.epoch_fraction),
+                    "epoch_fraction": args.epoch_fraction,
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)

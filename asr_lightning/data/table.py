@@ -19,6 +19,9 @@ import numpy as np
 
 from asr_lightning.data.records import Item
 
+#: Rows a column converts at a time when it is iterated.
+ITER_BLOCK_ROWS = 16_384
+
 
 class StringColumn(Sequence[str | bytes]):
     """Strings (or bytes) in one buffer; row ``i`` is ``data[offsets[i]:offsets[i + 1]]``.
@@ -61,6 +64,21 @@ class StringColumn(Sequence[str | bytes]):
         if self._is_bytes is not None and self._is_bytes[index]:
             return raw
         return raw.decode("utf-8")
+
+    def __iter__(self) -> Iterator[str | bytes]:
+        """Every row, in order, converted a block of rows at a time (several times the speed
+        of indexing row by row, with one block's copy in memory)."""
+        is_bytes = self._is_bytes
+        for first in range(0, len(self), ITER_BLOCK_ROWS):
+            offsets = self._offsets[first : first + ITER_BLOCK_ROWS + 1].tolist()
+            raw = self._data[offsets[0] : offsets[-1]].tobytes()
+            base = offsets[0]
+            for row in range(len(offsets) - 1):
+                value = raw[offsets[row] - base : offsets[row + 1] - base]
+                if is_bytes is not None and is_bytes[first + row]:
+                    yield value
+                else:
+                    yield value.decode("utf-8")
 
     @property
     def nbytes(self) -> int:
@@ -147,7 +165,11 @@ class ItemTable(Sequence[Item]):
         )
 
     def __iter__(self) -> Iterator[Item]:
-        return (self[i] for i in range(len(self)))
+        unreadable = self.unreadable
+        for index, (uid, audio, text, duration) in enumerate(
+            zip(self.ids, self.audio, self.texts, self.durations.tolist(), strict=True)
+        ):
+            yield Item(str(uid), audio, str(text), duration, unreadable.get(index))
 
     @property
     def nbytes(self) -> int:

@@ -215,11 +215,15 @@ class LabelEncoder:
             self._unk_id = vocab[tokenizer.unk_token]
         # Strings the tokenizer matches as whole tokens before splitting into characters.
         self._multi_char_tokens = tuple(t for t in vocab if len(t) > 1)
+        self._has_multi_char = re.compile(
+            "|".join(map(re.escape, sorted(self._multi_char_tokens, key=len, reverse=True)))
+            or r"(?!x)x"  # matches nothing
+        ).search
         self._upper = bool(getattr(tokenizer, "do_lower_case", False))
 
     def __call__(self, text: str) -> list[int]:
         """The label ids of ``text`` (a normalized transcript)."""
-        if not self.is_char_level or any(t in text for t in self._multi_char_tokens):
+        if not self.is_char_level or self._has_multi_char(text):
             return list(self.tokenizer(text, add_special_tokens=False).input_ids)
         if self._upper:
             # Wav2Vec2CTCTokenizer(do_lower_case=True) upper-cases the text, despite its name.
@@ -230,6 +234,6 @@ class LabelEncoder:
     def count(self, text: str) -> int | list[int]:
         """The number of labels of ``text`` when it is one label per character (a character
         vocabulary), else the labels themselves: what CTC feasibility needs, without encoding."""
-        if self.is_char_level and not any(t in text for t in self._multi_char_tokens):
+        if self.is_char_level and not self._has_multi_char(text):
             return len(text)
         return self(text)

@@ -69,7 +69,7 @@ def test_a_forked_reader_touches_no_row_objects():
     if pid == 0:  # the child: read every row, report its private memory growth
         me = psutil.Process()
         before = me.memory_full_info().uss
-        rows = sum(len(item.id) for item in table)
+        rows = sum(len(table[i].id) for i in range(len(table)))  # as DataLoader workers read
         grown = me.memory_full_info().uss - before
         os.write(write, f"{rows} {grown}".encode())
         os._exit(0)
@@ -77,3 +77,10 @@ def test_a_forked_reader_touches_no_row_objects():
     rows, grown = map(int, os.read(read, 64).split())
     assert rows == 200_000 * 10
     assert grown < 4 * 2**20  # the table is ~17 MB; a list of Item objects would be copied
+
+
+def test_iterating_a_column_crosses_blocks_and_keeps_bytes_rows(monkeypatch):
+    monkeypatch.setattr("asr_lightning.data.table.ITER_BLOCK_ROWS", 3)
+    values = ["a", b"\x00\xff", "", "ÉTÉ", b"", "z" * 50, "\U0001f600"]
+    column = StringColumn.build(values)
+    assert list(column) == values == [column[i] for i in range(len(values))]
