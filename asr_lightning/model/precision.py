@@ -46,6 +46,10 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+#: The narrowest feed-forward product the bf16 probe times.
+MIN_PROBE_HIDDEN = 256
+
+
 def bf16_slowdown(hidden_size: int) -> float:
     """How many times longer a feed-forward matrix product takes in bf16 autocast than in fp32.
 
@@ -55,6 +59,8 @@ def bf16_slowdown(hidden_size: int) -> float:
     Args:
         hidden_size: the model's hidden size (768 for wav2vec2-base).
     """
+    # a tiny hidden size would time the dispatch, not the arithmetic: probe at least this wide
+    hidden_size = max(hidden_size, MIN_PROBE_HIDDEN)
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(PROBE_ROWS, hidden_size, generator=generator)
     weight = torch.randn(4 * hidden_size, hidden_size, generator=generator)
