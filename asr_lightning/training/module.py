@@ -471,7 +471,7 @@ class CTCModule(lightning.LightningModule):
             lr=hp.learning_rate,
             betas=hp.adam_betas,
             eps=hp.adam_epsilon,
-            fused=_fused_adamw_supported(groups) or None,
+            fused=(_fused_adamw_supported(groups) and self._clipping_allows_fused()) or None,
         )
         total = self.trainer.estimated_stepping_batches
         scheduler = build_scheduler(optimizer, hp.scheduler, hp.warmup_ratio, total)
@@ -479,6 +479,17 @@ class CTCModule(lightning.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _clipping_allows_fused(self) -> bool:
+        """Lightning refuses to clip the gradients of a fused optimizer under mixed precision
+        (``16-mixed``, ``bf16-mixed``: it expects a fused optimizer to unscale them in its own
+        step), so clipped mixed-precision runs keep the unfused AdamW."""
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        trainer = self._trainer
+        if trainer is None or not (trainer.gradient_clip_val or 0) > 0:
+            return True
+        return not isinstance(trainer.precision_plugin, MixedPrecision)
 
     # -- state beyond the weights -----------------------------------------------------------
 

@@ -363,6 +363,18 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_with_its_measured_cost(tmp_pat
     assert "--trainer.precision 32-true" in done.stderr
 
 
+def test_mixed_precision_with_gradient_clipping_trains(tmp_path):
+    """configs/cv17.yaml clips gradients under 16-mixed: Lightning refuses to clip for a fused
+    optimizer under mixed precision, so such a run must get the unfused AdamW, not a crash."""
+    config = tiny_config(
+        tmp_path, train=8, evaluation=4, trainer={"max_steps": 2, "gradient_clip_val": 1.0}
+    )
+    command = cli_command("fit", "--config", str(config), "--trainer.precision", "bf16-mixed")
+    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "does not allow for gradient clipping" not in done.stderr
+
+
 def test_bf16_where_it_is_fast_or_fp32_is_not_warned(monkeypatch):
     assert bf16_warning("32-true", 32) is None
     monkeypatch.setattr("asr_lightning.model.precision.bf16_slowdown", lambda hidden: 0.2)
