@@ -112,7 +112,12 @@ def _rss_mb() -> float:
 
 
 def measure(
-    manifest: Path, db: Path | None, layout: str, workers: int, fraction: float = 1.0
+    manifest: Path,
+    db: Path | None,
+    layout: str,
+    workers: int,
+    fraction: float = 1.0,
+    setup_workers: int | None = None,
 ) -> dict[str, Any]:
     """One child process's measurements (see the module docstring)."""
     import psutil
@@ -130,9 +135,12 @@ def measure(
         max_batch_seconds=200.0,
         num_workers=workers,
         duration_cache=str(db) if db else None,
+        setup_workers=setup_workers,
     )
     data.setup("fit")
     setup_s, setup_cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the set-up pool, exited
+    setup_cpu_s += children.ru_utime + children.ru_stime
     main_rss_mb = _rss_mb()
     dataset = data.datasets["train"]["train"]
     table_mb = getattr(dataset.items, "nbytes", 0) / 1e6
@@ -179,6 +187,7 @@ def measure(
     resume_s = time.perf_counter() - t
     return {
         "rows": data.reports["train/train"].total,
+        "setup_workers": data._setup_workers(),
         "kept": len(dataset),
         "setup_s": round(setup_s, 2),
         "setup_cpu_s": round(setup_cpu_s, 2),
@@ -201,16 +210,24 @@ def _child(args: argparse.Namespace) -> int:
         args.layout,
         args.workers,
         args.epoch_fraction,
+        args.setup_workers[0] if args.setup_workers else None,
     )
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
 
 def _run_child(
-    manifest: Path, db: Path | None, layout: str, workers: int, fraction: float
+    manifest: Path,
+    db: Path | None,
+    layout: str,
+    workers: int,
+    fraction: float,
+    setup_workers: int | None,
 ) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", "--manifest", str(manifest)]
     command += ["--layout", layout, "--workers", str(workers), "--epoch-fraction", str(fraction)]
+    if setup_workers is not None:
+        command += ["--setup-workers", str(setup_workers)]
     if db:
         command += ["--db", str(db)]
     load = os.getloadavg()[0]
@@ -236,6 +253,12 @@ def main() -> int:
         help="train batches of the epoch to load (rows are shuffled: 0.25 already touches "
         "nearly every page of the table)",
     )
+    parser.add_argument(
+        "--setup-workers",
+        type=int,
+        nargs="+",
+        help="processes setting up the manifest, one row each (default: the data module's)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/asr_lightning_scale"))
     parser.add_argument("--result", type=Path, help="write the rows as JSON here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -257,19 +280,23 @@ def main() -> int:
             for layout in args.layouts:
                 if layout == "objects" and durations == "cache":
                     continue  # the layout comparison needs one variant only
-                row = {
-                    "size": size,
-                    "durations": durations,
-                    "layout": layout,
-                    **_run_child(manifest, db, layout, args.workers, args.epoch_fraction),
-                    "epoch_fraction": args.epoch_fraction,
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                for setup_workers in args.setup_workers or [None]:
+                    row = {
+                        "size": size,
+                        "durations": durations,
+                        "layout": layout,
+                        **_run_child(
+                            manifest, db, layout, args.workers, args.epoch_fraction, setup_workers
+                        ),
+                        "epoch_fraction": args.epoch_fraction,
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
 
     print()
     header = (
-        f"{'rows':>9} {'durations':>9} {'layout':>8} {'setup s':>8} {'cpu s':>6} "
+        f"{'rows':>9} {'durations':>9} {'layout':>8} {'set-up procs':>12} {'setup s':>8} "
+        f"{'cpu s':>6} "
         f"{'main RSS MB':>11} {'table MB':>8} {'epoch s':>7} {'worker USS MB first->last':>28} "
         f"{'resume':>7}"
     )
@@ -280,7 +307,8 @@ def main() -> int:
             for a, b in zip(r["worker_uss_first_mb"], r["worker_uss_last_mb"], strict=True)
         )
         print(
-            f"{r['size']:>9} {r['durations']:>9} {r['layout']:>8} {r['setup_s']:>8.1f} "
+            f"{r['size']:>9} {r['durations']:>9} {r['layout']:>8} {r['setup_workers']:>12} "
+            f"{r['setup_s']:>8.1f} "
             f"{r['setup_cpu_s']:>6.1f} {r['main_rss_mb']:>11} {r['table_mb']:>8.1f} "
             f"{r['epoch_s']:>7.1f} {uss:>28} {'exact' if r['resume_exact'] else 'WRONG':>7}"
         )

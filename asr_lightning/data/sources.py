@@ -187,34 +187,100 @@ def read_manifest(path: Path, config: SourceConfig | None = None) -> list[Uttera
     return list(iter_manifest(path, config))
 
 
-def iter_manifest(path: Path, config: SourceConfig | None = None) -> Iterator[Utterance]:
-    """:func:`read_manifest` line by line, without holding the file or its rows in memory."""
+@dataclass(frozen=True)
+class ManifestSpan:
+    """A run of whole lines of a JSON-lines manifest, to be read by another process.
+
+    Args:
+        path: The manifest.
+        start: Byte offset of the span's first line.
+        end: Byte offset just past its last line.
+        audio_key: The audio field, picked from the file's first record.
+        text_key: The transcript field, picked from the file's first record.
+    """
+
+    path: Path
+    start: int
+    end: int
+    audio_key: str
+    text_key: str
+
+
+def manifest_spans(
+    path: Path, config: SourceConfig | None = None, span_bytes: int = 8 << 20
+) -> list[ManifestSpan] | None:
+    """Split a JSON-lines manifest into spans of about ``span_bytes`` that start at lines.
+
+    Returns ``None`` for a file that is one JSON list (it must be parsed whole). Reading every
+    span with :func:`iter_manifest` gives exactly the utterances of the whole file, in order.
+    """
+    config = config or SourceConfig(str(path))
+    if path.suffix.lower() == ".json" and _starts_with_bracket(path):
+        return None
+    keys = _first_record_keys(path, config)
+    if keys is None:
+        return []
+    audio_key, text_key = keys
+    try:
+        size = path.stat().st_size
+        starts = [0]
+        with path.open("rb") as raw:
+            for boundary in range(span_bytes, size, span_bytes):
+                if boundary <= starts[-1]:
+                    continue
+                raw.seek(boundary - 1)
+                raw.readline()  # to the start of the next line
+                if raw.tell() >= size:
+                    break
+                starts.append(raw.tell())
+    except OSError as err:
+        raise DataSourceError(f"cannot read manifest {path}: {err}") from err
+    ends = [*starts[1:], size]
+    return [
+        ManifestSpan(path, a, b, audio_key, text_key) for a, b in zip(starts, ends, strict=True)
+    ]
+
+
+def _starts_with_bracket(path: Path) -> bool:
+    try:
+        with path.open("rb") as raw:
+            return raw.read(4096).lstrip().startswith(b"[")
+    except OSError as err:
+        raise DataSourceError(f"cannot read manifest {path}: {err}") from err
+
+
+def iter_manifest(
+    path: Path, config: SourceConfig | None = None, span: ManifestSpan | None = None
+) -> Iterator[Utterance]:
+    """:func:`read_manifest` line by line, without holding the file or its rows in memory.
+
+    Args:
+        path: The manifest.
+        config: Its source settings (column names).
+        span: Read only these lines (from :func:`manifest_spans`); errors still name the line's
+            number in the whole file.
+    """
     config = config or SourceConfig(str(path))
     base = str(path.resolve().parent)
-    audio_key = text_key = None
-    for lineno, record in _manifest_records(path):
-        if not isinstance(record, Mapping):
-            raise DataSourceError(
-                f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
-            )
-        if audio_key is None:
-            keys = list(record)
-            audio_key = pick_column(
-                keys, config.audio_column, DEFAULT_AUDIO_COLUMN, AUDIO_COLUMN_CANDIDATES, "audio"
-            )
-            text_key = pick_column(
-                keys, config.text_column, DEFAULT_TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, "text"
-            )
+    audio_key, text_key = (span.audio_key, span.text_key) if span else (None, None)
+    records = _ManifestRecords(path, span)
+    for lineno, record in records:
+        _check_record(record, path, records.line(lineno))
+        if audio_key is None or text_key is None:
+            audio_key, text_key = _pick_keys(record, config)
         audio, text = record.get(audio_key), record.get(text_key)
         if not isinstance(audio, str) or not audio:
-            raise DataSourceError(f"{path}:{lineno}: field {audio_key!r} must be a non-empty path")
+            raise DataSourceError(
+                f"{path}:{records.line(lineno)}: field {audio_key!r} must be a non-empty path"
+            )
         if not isinstance(text, str):
             raise DataSourceError(
-                f"{path}:{lineno}: field {text_key!r} must be a string, got {text!r}"
+                f"{path}:{records.line(lineno)}: field {text_key!r} must be a string, got {text!r}"
             )
         duration = record.get("duration")
         if duration is not None and not (type(duration) is float and 0 <= duration < math.inf):
-            duration = duration_value(duration, f"{path}:{lineno}")  # checks and explains
+            where = f"{path}:{records.line(lineno)}"
+            duration = duration_value(duration, where)  # checks and explains
         speaker = record.get("speaker")
         if speaker is None:
             speaker_key = optional_column(record, SPEAKER_COLUMN_CANDIDATES)  # optional per line
@@ -228,32 +294,95 @@ def iter_manifest(path: Path, config: SourceConfig | None = None) -> Iterator[Ut
         )
 
 
-def _manifest_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON) per non-empty line; a JSON list file counts as line 1."""
-    try:
-        if path.suffix.lower() == ".json":
-            text = path.read_text(encoding="utf-8")
-            if text.lstrip().startswith("["):
+def _first_record_keys(path: Path, config: SourceConfig) -> tuple[str, str] | None:
+    """The audio and text fields picked from the manifest's first record (``None``: empty)."""
+    for lineno, record in _ManifestRecords(path):
+        _check_record(record, path, lineno)
+        return _pick_keys(record, config)
+    return None
+
+
+def _check_record(record: Any, path: Path, line: int) -> None:
+    if not isinstance(record, Mapping):
+        raise DataSourceError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
+
+
+def _pick_keys(record: Mapping[str, Any], config: SourceConfig) -> tuple[str, str]:
+    keys = list(record)
+    audio_key = pick_column(
+        keys, config.audio_column, DEFAULT_AUDIO_COLUMN, AUDIO_COLUMN_CANDIDATES, "audio"
+    )
+    text_key = pick_column(
+        keys, config.text_column, DEFAULT_TEXT_COLUMN, TEXT_COLUMN_CANDIDATES, "text"
+    )
+    return audio_key, text_key
+
+
+class _ManifestRecords:
+    """(line number, parsed JSON) per non-empty line; a JSON list file counts as line 1.
+
+    Within a span, numbers count from the span's first line; :meth:`line` turns one into the
+    line's number in the whole file (counting the lines before the span only when asked: for
+    an error message).
+    """
+
+    def __init__(self, path: Path, span: ManifestSpan | None = None) -> None:
+        self.path = path
+        self.span = span
+        self._before: int | None = None
+
+    def line(self, lineno: int) -> int:
+        if self.span is None or self.span.start == 0:
+            return lineno
+        if self._before is None:
+            self._before = _count_lines(self.path, self.span.start)
+        return self._before + lineno
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        path, span = self.path, self.span
+        try:
+            if span is None and path.suffix.lower() == ".json" and _starts_with_bracket(path):
                 try:
-                    records = json.loads(text)
+                    records = json.loads(path.read_text(encoding="utf-8"))
                 except json.JSONDecodeError as err:
                     raise DataSourceError(f"{path}: invalid JSON: {err}") from err
                 yield from ((1, record) for record in records)
                 return
-        with path.open(encoding="utf-8") as lines:
-            for lineno, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataSourceError(
-                        f"{path}:{lineno}: not valid JSON ({err.msg}); each line of a manifest "
-                        'must be one object like {"audio_filepath": ..., "text": ..., '
-                        '"duration": ...}'
-                    ) from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataSourceError(f"cannot read manifest {path}: {err}") from err
+            with path.open("rb") as raw:
+                if span is not None:
+                    raw.seek(span.start)
+                    remaining = span.end - span.start
+                for lineno, line in enumerate(raw, start=1):
+                    if span is not None:
+                        remaining -= len(line)
+                        if remaining < 0:
+                            break
+                    if not line.strip():
+                        continue
+                    try:
+                        yield lineno, json.loads(line)
+                    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                        why = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
+                        raise DataSourceError(
+                            f"{path}:{self.line(lineno)}: not valid JSON ({why}); each line of "
+                            'a manifest must be one object like {"audio_filepath": ..., '
+                            '"text": ..., "duration": ...}'
+                        ) from err
+        except OSError as err:
+            raise DataSourceError(f"cannot read manifest {path}: {err}") from err
+
+
+def _count_lines(path: Path, end: int) -> int:
+    """Newlines in the first ``end`` bytes of ``path``."""
+    count = 0
+    with path.open("rb") as raw:
+        while end > 0:
+            block = raw.read(min(end, 1 << 22))
+            if not block:
+                break
+            count += block.count(b"\n")
+            end -= len(block)
+    return count
 
 
 def write_manifest(utterances: Sequence[Utterance], path: Path) -> Path:

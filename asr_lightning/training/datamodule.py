@@ -19,9 +19,19 @@ from torch.utils.data import DataLoader, Sampler
 from asr_lightning.audio.augment import AugmentConfig, Augmenter
 from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend
 from asr_lightning.data.bucketing import DurationBucketSampler
-from asr_lightning.data.dataset import ASRDataset, Item
-from asr_lightning.data.durations import DEFAULT_CACHE_PATH, DurationCache, measure_durations
-from asr_lightning.data.filters import FilterReport, FilterRules, decode_reason, filter_utterances
+from asr_lightning.data.dataset import ASRDataset
+from asr_lightning.data.durations import DEFAULT_CACHE_PATH
+from asr_lightning.data.filters import FilterReport, FilterRules
+from asr_lightning.data.pipeline import (
+    ChunkJob,
+    default_workers,
+    join,
+    manifest_spans_to_split,
+    prepare_rows,
+    prepare_spans,
+    prepare_table,
+    read_spans,
+)
 from asr_lightning.data.sources import (
     SourceConfig,
     Utterance,
@@ -30,7 +40,7 @@ from asr_lightning.data.sources import (
 )
 from asr_lightning.data.streaming import DEFAULT_BUFFER_SIZE, StreamingASRDataset
 from asr_lightning.data.table import ItemTable, ItemTableBuilder
-from asr_lightning.errors import AudioDecodeError, ConfigError, VocabularyError
+from asr_lightning.errors import ConfigError, VocabularyError
 from asr_lightning.model.factory import (
     build_processor,
     checkpoint_tokenizer,
@@ -48,10 +58,7 @@ AnyDataset = ASRDataset | StreamingASRDataset
 #: the vocabulary do not fit together (wrong script, case or tokenizer) and training would only
 #: learn to emit blanks: stop before it starts.
 MAX_EMPTY_TRANSCRIPT_FRACTION = 0.5
-#: Transcripts scanned, and characters shown, when explaining that the vocabulary does not fit.
-OOV_SAMPLE = 1000
-#: Source rows read, measured and filtered at a time at setup.
-SETUP_CHUNK_ROWS = 65_536
+#: Characters shown when explaining that the vocabulary does not fit.
 OOV_SHOWN = 20
 
 
@@ -128,6 +135,10 @@ class ASRDataModule(pl.LightningDataModule):
         duration_cache: SQLite file caching measured durations (shared with ``data check
             --duration-cache``); ``None`` disables the cache.
         stream_buffer_size: Utterances of a ``streaming`` source sorted together into batches.
+        setup_workers: Processes that set up a large source (a JSON-lines manifest over 16 MB,
+            or over 131,072 rows read for the vocabulary), each a chunk of rows at a time;
+            ``None``: the CPUs of this machine shared by its training processes; 1: this
+            process only. Small sources are always set up in this process.
         seed: Seed of batching order and augmentation.
     """
 
@@ -156,6 +167,7 @@ class ASRDataModule(pl.LightningDataModule):
         decode_backends: Sequence[Backend] = DEFAULT_BACKENDS,
         duration_cache: str | None = DEFAULT_CACHE_PATH,
         stream_buffer_size: int = DEFAULT_BUFFER_SIZE,
+        setup_workers: int | None = None,
         seed: int = 42,
     ) -> None:
         super().__init__()
@@ -185,6 +197,11 @@ class ASRDataModule(pl.LightningDataModule):
         self.decode_backends = tuple(decode_backends)
         self.duration_cache = duration_cache
         self.stream_buffer_size = stream_buffer_size
+        if setup_workers is not None and setup_workers < 1:
+            raise ConfigError(
+                f"data.setup_workers must be 1 or more (or null), got {setup_workers}"
+            )
+        self.setup_workers = setup_workers
         self.seed = seed
         self.datasets: dict[str, dict[str, ASRDataset]] = {}
         self.reports: dict[str, FilterReport] = {}
@@ -232,24 +249,36 @@ class ASRDataModule(pl.LightningDataModule):
                 "folder that has a tokenizer (e.g. the hf_model folder fit writes)"
             )
         normalizer = TextNormalizer(case=self._scratch_case(), **self._drop_kwargs())
-        read = [0]
-
-        def texts() -> Iterator[str]:  # one pass, no list of a million transcripts
-            for name, spec in self.sources["train"].items():
-                # the rows are kept in columns, so that setup does not parse the source again
-                rows = None if parse_spec(spec).streaming else ItemTableBuilder()
-                for utt in iter_source(spec):
-                    read[0] += 1
-                    if rows is not None:
-                        duration = math.nan if utt.duration is None else utt.duration
-                        rows.append(Item(utt.id, utt.audio, utt.text, duration))
-                    yield utt.text
-                if rows is not None:
-                    self._train_rows[name] = rows.finish()
-
-        vocab = build_vocab(["".join(sorted(normalizer.characters(texts())))])
-        log.info("built a %d-symbol vocabulary from %d training transcripts", len(vocab), read[0])
+        characters: set[str] = set()
+        read = 0
+        for name, spec in self.sources["train"].items():
+            config = parse_spec(spec)
+            if config.streaming:  # one pass, no list of a million transcripts
+                texts = (utt.text for utt in iter_source(config))
+                characters |= normalizer.characters(texts)
+                continue
+            # the rows are kept in columns, so that setup does not parse the source again
+            spans = manifest_spans_to_split(config, self._setup_workers())
+            if spans is not None:
+                rows = read_spans(normalizer, config, spans, self._setup_workers())
+                self._train_rows[name], found = rows.table, rows.characters
+            else:
+                builder = ItemTableBuilder()
+                found = normalizer.characters(_kept_texts(iter_source(config), builder))
+                self._train_rows[name] = builder.finish()
+            characters |= found
+            read += len(self._train_rows[name])
+        vocab = build_vocab(["".join(sorted(characters))])
+        log.info("built a %d-symbol vocabulary from %d training transcripts", len(vocab), read)
         return vocab
+
+    def _setup_workers(self) -> int:
+        """Processes setting up a large source: ``setup_workers``, or the CPUs of this machine
+        shared by the training processes on it."""
+        if self.setup_workers is not None:
+            return self.setup_workers
+        trainer = getattr(self, "trainer", None)
+        return default_workers(getattr(trainer, "num_devices", 1) if trainer else 1)
 
     def _scratch_case(self) -> Literal["upper", "lower", "keep"]:
         return "keep" if self.text_case == "auto" else self.text_case
@@ -329,29 +358,33 @@ class ASRDataModule(pl.LightningDataModule):
                 num_replicas=replicas,
                 rank=rank,
             )
-        cache = None
-        if self.duration_cache:
-            cache = DurationCache(os.path.expanduser(self.duration_cache))
-        table, unreadable = ItemTableBuilder(), ItemTableBuilder()
-        report, sample = FilterReport(), []
-        # in chunks: a million-row manifest never exists as a million Python objects at once
+        job = ChunkJob(
+            rules,
+            normalizer,
+            encoder.count,
+            os.path.expanduser(self.duration_cache) if self.duration_cache else None,
+            keep_unreadable=split != "train",  # scores cover the whole set: scored as empty
+        )
+        workers = self._setup_workers()
         read_before = self._train_rows.pop(name, None) if split == "train" else None
-        rows = iter_source(config) if read_before is None else _utterances(read_before)
-        for chunk in _chunks(rows, SETUP_CHUNK_ROWS):
-            sample += chunk[: OOV_SAMPLE - len(sample)]
-            durations = measure_durations(chunk, cache, progress=len(chunk) > 2000)
-            kept, found = filter_utterances(chunk, durations, rules, normalizer, encoder.count)
-            report = report.merge(found)
-            table.extend(Item(k.utterance.id, k.utterance.audio, k.text, k.duration) for k in kept)
-            if split != "train":  # scores cover the whole set: unreadable audio is scored too
-                unreadable.extend(_unreadable_items(chunk, durations, normalizer))
+        if read_before is not None:  # read for the vocabulary
+            parts = prepare_table(job, read_before, workers)
+            del read_before  # its memory goes to the kept rows
+        elif (spans := manifest_spans_to_split(config, workers)) is not None:
+            parts = prepare_spans(job, config, spans, workers)
+        else:  # in chunks: a million rows never exist as a million Python objects at once
+            parts = prepare_rows(job, iter_source(config))
+        prepared = join(parts)
+        del parts
+        report = prepared.report
         self.reports[f"{split}/{name}"] = report
         log.info("%s/%s: %s", split, name, report.summary())
         if split == "train":
-            _check_transcripts_fit(report, sample, config.path, normalizer)
-        if unreadable:
-            _warn_unreadable(unreadable.finish(), f"{split}/{name}", table)
-        items = table.finish()
+            _check_transcripts_fit(report, prepared.sample, config.path, normalizer)
+        items = prepared.table
+        if len(prepared.unreadable):
+            _warn_unreadable(prepared.unreadable, f"{split}/{name}")
+            items = ItemTable.concat([items, prepared.unreadable])
         return ASRDataset(
             items,
             encoder,
@@ -525,19 +558,8 @@ def _eval_rules(rules: FilterRules) -> FilterRules:
     return FilterRules(min_duration_s=0.0, max_duration_s=float("inf"))
 
 
-def _unreadable_items(
-    utts: Sequence[Utterance], durations: Sequence[Any], normalizer: TextNormalizer
-) -> Iterator[Item]:
-    """The utterances of an evaluation set whose audio could not be read at setup, as items
-    the dataset returns as ``Skipped`` (with their reason and reference) every time."""
-    for utt, duration in zip(utts, durations, strict=True):
-        if isinstance(duration, AudioDecodeError):
-            yield Item(utt.id, utt.audio, normalizer(utt.text), 0.0, decode_reason(duration))
-
-
-def _warn_unreadable(unreadable: ItemTable, where: str, table: ItemTableBuilder) -> None:
-    """Append the unreadable items to the set (scored, not dropped), and say so once."""
-    table.extend(unreadable)
+def _warn_unreadable(unreadable: ItemTable, where: str) -> None:
+    """Say once that the set has unreadable items (scored, not dropped)."""
     first = unreadable[0]
     log.warning(
         "%s: %d utterance(s) cannot be read (e.g. %s: %s); they are scored as empty "
@@ -549,22 +571,12 @@ def _warn_unreadable(unreadable: ItemTable, where: str, table: ItemTableBuilder)
     )
 
 
-def _utterances(rows: ItemTable) -> Iterator[Utterance]:
-    """The utterances of a source read before (raw transcripts; NaN: no stated duration)."""
-    for item in rows:
-        duration = None if math.isnan(item.duration) else item.duration
-        yield Utterance(item.id, item.audio, item.text, duration)
-
-
-def _chunks(rows: Iterable[Utterance], size: int) -> Iterator[list[Utterance]]:
-    chunk: list[Utterance] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _kept_texts(rows: Iterable[Utterance], builder: ItemTableBuilder) -> Iterator[str]:
+    """The raw transcripts of ``rows``, keeping each row in ``builder`` (NaN: no duration)."""
+    for utt in rows:
+        duration = math.nan if utt.duration is None else utt.duration
+        builder.append_row(utt.id, utt.audio, utt.text, duration)
+        yield utt.text
 
 
 def _check_transcripts_fit(

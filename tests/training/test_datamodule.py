@@ -228,3 +228,47 @@ def test_ctc_infeasible_transcripts_are_dropped_without_a_trainer(tmp_path):
 
     assert data.reports["train/train"].dropped[CTC_INFEASIBLE] == 1
     assert len(data.datasets["train"]["train"]) == 3
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_a_large_source_set_up_in_processes_equals_one_process(tmp_path, monkeypatch, pretrained):
+    """Training rows read for the vocabulary (from scratch) or straight from the manifest
+    (a checkpoint with a tokenizer), and an evaluation manifest: split over two processes."""
+    from asr_lightning.data import pipeline
+    from tests.data.test_pipeline import corpus
+
+    monkeypatch.setattr(pipeline, "CHUNK_ROWS", 256)
+    monkeypatch.setattr(pipeline, "MIN_PARALLEL_ROWS", 512)
+    monkeypatch.setattr(pipeline, "SPAN_BYTES", 16 << 10)
+    pools = []
+    original = pipeline.run_pool
+    monkeypatch.setattr(
+        pipeline, "run_pool", lambda t, i, w, j: pools.append(t.__name__) or original(t, i, w, j)
+    )
+    train, validation = corpus(tmp_path / "train.jsonl"), corpus(tmp_path / "val.jsonl", 2000)
+    settings = {"train": str(train), "validation": str(validation), "num_workers": 0}
+    if pretrained:  # a checkpoint whose tokenizer spells the corpus
+        spelled = ASRDataModule(train=str(train), model_type="wav2vec2", setup_workers=1).vocab
+        settings["processor"] = str(tiny.scratch_module(vocab=spelled).save_hf(tmp_path / "hf"))
+    else:
+        settings["model_type"] = "parakeet_ctc"
+    results = []
+    for workers in (1, 2):
+        data = ASRDataModule(
+            **settings, setup_workers=workers, duration_cache=str(tmp_path / f"d{workers}.sqlite")
+        )
+        data.setup("fit")
+        sets = {split: data.datasets[split][split].items for split in ("train", "validation")}
+        results.append((data.vocab, {k: list(v) for k, v in sets.items()}, dict(data.reports)))
+    assert results[0][0] == results[1][0]
+    assert results[0][1] == results[1][1]
+    assert {k: v.to_dict() for k, v in results[0][2].items()} == {
+        k: v.to_dict() for k, v in results[1][2].items()
+    }
+    if pretrained:  # train and validation parsed in the processes
+        assert pools == ["_prepare_span", "_prepare_span"]
+    else:  # train parsed for the vocabulary, then its rows set up; validation parsed
+        assert pools == ["_read_span", "_prepare_range", "_prepare_span"]
+    validation_items = results[1][1]["validation"]
+    assert len(validation_items) == 2000  # scored whole: 154 unreadable rows are kept
+    assert sum(item.unreadable is not None for item in validation_items) == 154
