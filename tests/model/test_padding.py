@@ -102,3 +102,26 @@ def test_the_onnx_export_of_a_guarded_model_is_padding_exact_at_other_lengths(mo
     with torch.no_grad():
         reference, _ = CTCLogits(model)(*(torch.from_numpy(batch[k]) for k in batch))
     np.testing.assert_allclose(logits_batch[0, :valid], reference[0, :valid].numpy(), atol=1e-4)
+
+
+def test_the_per_row_group_norm_equals_the_traceable_masked_one_with_gradients():
+    """Training takes the per-row statistics; tracing and export take masked sums."""
+    from asr_lightning.model.padding import PaddingGuard
+
+    torch.manual_seed(0)
+    norm = MaskedGroupNorm(8, 8, affine=True)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    norm.guard, norm.conv_kernel, norm.conv_stride = PaddingGuard(), 10, 5
+    norm.guard.sample_lengths = torch.tensor([500, 321, 64])
+    hidden = (torch.randn(3, 8, 99) * 3 + 1).requires_grad_()
+    fast = norm(hidden)
+    lengths = (norm.guard.sample_lengths - 10) // 5 + 1
+    masked = norm._masked(hidden, lengths)
+    valid = torch.arange(99)[None, None, :] < lengths[:, None, None]
+    torch.testing.assert_close(fast[valid.expand_as(fast)], masked[valid.expand_as(masked)])
+    (grad_fast,) = torch.autograd.grad((fast * valid).square().sum(), hidden)
+    (grad_masked,) = torch.autograd.grad((masked * valid).square().sum(), hidden)
+    torch.testing.assert_close(grad_fast, grad_masked)
+    alone = torch.nn.functional.group_norm(hidden[1:2, :, :63], 8, norm.weight, norm.bias)
+    torch.testing.assert_close(fast[1:2, :, :63], alone)  # row 1 as if it ran alone
