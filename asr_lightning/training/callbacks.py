@@ -30,6 +30,7 @@ from asr_lightning.errors import ConfigError
 from asr_lightning.export.onnx import DEFAULT_OPSET, Quantization, export_loaded
 from asr_lightning.inference.models import LoadedModel
 from asr_lightning.sagemaker.contract import PRINTED_METRICS, metric_line
+from asr_lightning.training.loggers import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ class SaveHFModel(pl.Callback):
     again as ``model.model_name_or_path``.
 
     Args:
-        dirpath: Where to write the folder; defaults to ``<log_dir>/hf_model``.
+        dirpath: Where to write the folder; defaults to ``<run folder>/hf_model``
+            (:func:`~asr_lightning.training.loggers.run_dir`).
         use_best: Load the best checkpoint (by the monitored metric) before saving.
     """
 
@@ -145,7 +147,7 @@ class SaveHFModel(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or trainer.sanity_checking:
             return
-        out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / HF_SUBDIR)
+        out = Path(self.dirpath) if self.dirpath else run_dir(trainer) / HF_SUBDIR
         if trainer.is_global_zero:  # the only rank that writes, and has the checkpoints on disk
             if self.use_best:
                 load_best_weights(trainer, pl_module)
@@ -159,7 +161,7 @@ class ONNXExport(pl.Callback):
     """At the end of ``fit``, exports the best checkpoint to an ONNX folder and checks it.
 
     Args:
-        dirpath: Where to write the folder; defaults to ``<log_dir>/onnx_model``.
+        dirpath: Where to write the folder; defaults to ``<run folder>/onnx_model``.
         quantize: Also write ``model.int8.onnx`` (INT8 dynamic quantization).
         opset: ONNX opset version.
         check_audio: Clips (paths) to compare ONNX with PyTorch on; synthetic tones when empty.
@@ -184,7 +186,7 @@ class ONNXExport(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or trainer.sanity_checking:
             return
-        out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / ONNX_FOLDER)
+        out = Path(self.dirpath) if self.dirpath else run_dir(trainer) / ONNX_FOLDER
         if trainer.is_global_zero:  # the only rank that writes, and has the checkpoints on disk
             best = load_best_weights(trainer, pl_module) if self.use_best else ""
             loaded = LoadedModel(

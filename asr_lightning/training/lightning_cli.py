@@ -34,6 +34,7 @@ from asr_lightning.training.callbacks import (
     SaveHFModel,
 )
 from asr_lightning.training.datamodule import ASRDataModule
+from asr_lightning.training.loggers import RunConfigSaver
 from asr_lightning.training.memory import ReleaseMemory
 from asr_lightning.training.module import CTCModule
 
@@ -216,6 +217,7 @@ def run_lightning_cli(argv: Sequence[str]) -> ASRLightningCLI:
         # None: LightningCLI reads sys.argv itself (it warns when given both)
         args=None if list(argv) == sys.argv[1:] else list(argv),
         seed_everything_default=42,
+        save_config_callback=RunConfigSaver,  # a run folder for every logger
         trainer_defaults={
             "use_distributed_sampler": False,  # the bucket sampler shards by rank itself
             "logger": {

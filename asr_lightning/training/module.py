@@ -47,6 +47,7 @@ from asr_lightning.model.metrics import (
 )
 from asr_lightning.model.optim import SchedulerKind, build_scheduler, parameter_groups
 from asr_lightning.model.precision import bf16_warning
+from asr_lightning.training.loggers import loggable_hyperparameters, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ class CTCModule(lightning.LightningModule):
             raise ConfigError("give model_name_or_path (pretrained) or model_type (from scratch)")
         if blank_warning_patience < 1:
             raise ConfigError(f"blank_warning_patience must be >= 1, got {blank_warning_patience}")
-        self.save_hyperparameters()
+        # logged by setup() as loggable_hyperparameters: MLflow refuses names like vocab/<pad>
+        self.save_hyperparameters(logger=False)
         self.decoding = DecodingOptions(**(decoding or {}))
         self.decoder: CTCDecoder | None = None  # built with the model
         self.model: Any = None  # transformers *ForCTC, built in configure_model
@@ -241,6 +243,14 @@ class CTCModule(lightning.LightningModule):
         return self.decoder.texts(logits, lengths)
 
     # -- steps ------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Give the loggers the hyperparameters (the vocabulary as its size and tokens)."""
+        if self._trainer is None:
+            return
+        params = loggable_hyperparameters(self.hparams)
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams(params)
 
     def on_fit_start(self) -> None:
         """Train mode for the Hugging Face model, and warnings about this run's settings.
@@ -449,8 +459,8 @@ class CTCModule(lightning.LightningModule):
         self._write_records("predict")
 
     def _write_records(self, stage: Stage) -> None:
-        """Write every rank's records to ``<log dir>/predictions/<stage>_<set>.jsonl``."""
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # call on all ranks
+        """Write every rank's records to ``<run folder>/predictions/<stage>_<set>.jsonl``."""
+        log_dir = run_dir(self.trainer)  # call on all ranks
         names = self._set_names(stage)
         for index in range(self._num_sets(stage)):
             records = gather_records(self._records[stage].get(index, []))
