@@ -40,6 +40,8 @@ def test_mlflow_with_a_local_database_logs_params_metrics_and_the_config(tmp_pat
         "--trainer.logger", "lightning.pytorch.loggers.MLFlowLogger",
         "--trainer.logger.init_args.tracking_uri", uri,
         "--trainer.logger.init_args.experiment_name", "asr",
+        # artifacts (config.yaml) beside the database, not in ./mlruns of the working folder
+        "--trainer.logger.init_args.artifact_location", f"file:{tmp_path}/artifacts",
     ]  # fmt: skip
     _fit(tmp_path, *logger)
     _fit(tmp_path, *logger)  # a second run gets its own folder and run
@@ -54,6 +56,7 @@ def test_mlflow_with_a_local_database_logs_params_metrics_and_the_config(tmp_pat
         assert "val/wer" in run.data.metrics and "train/loss" in run.data.metrics
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
         assert "config.yaml" in artifacts
+    assert list((tmp_path / "artifacts").glob("*/artifacts/config.yaml"))
     root = tmp_path / "runs"  # the config's default_root_dir
     folders = {run.info.run_id: root / experiment.experiment_id / run.info.run_id for run in runs}
     for folder in folders.values():  # each run's model, config and checkpoints apart
