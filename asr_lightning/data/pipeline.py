@@ -178,6 +178,14 @@ def manifest_spans_to_split(config: SourceConfig, workers: int) -> list[Manifest
     return spans if spans and len(spans) > 1 else None
 
 
+def raw_texts(rows: Iterable[Utterance], builder: ItemTableBuilder) -> Iterator[str]:
+    """The raw transcripts of ``rows``, keeping each row in ``builder`` (NaN: no duration)."""
+    for utt in rows:
+        duration = math.nan if utt.duration is None else utt.duration
+        builder.append_row(utt.id, utt.audio, utt.text, duration)
+        yield utt.text
+
+
 def utterances(rows: ItemTable) -> Iterator[Utterance]:
     """The utterances of raw rows (NaN duration: none stated)."""
     columns = zip(rows.ids, rows.audio, rows.texts, rows.durations.tolist(), strict=True)
@@ -279,12 +287,5 @@ def _prepare_span(task: tuple[SourceConfig, ManifestSpan]) -> Prepared:
 def _read_span(task: tuple[SourceConfig, ManifestSpan]) -> RawRows:
     config, span = task
     builder = ItemTableBuilder()
-
-    def texts() -> Iterator[str]:
-        for utt in iter_manifest(span.path, config, span):
-            duration = math.nan if utt.duration is None else utt.duration
-            builder.append_row(utt.id, utt.audio, utt.text, duration)
-            yield utt.text
-
-    characters = _JOB.characters(texts())
+    characters = _JOB.characters(raw_texts(iter_manifest(span.path, config, span), builder))
     return RawRows(builder.finish(), characters)

@@ -7,10 +7,9 @@ which treatment (augmentation and shuffling for training only) and reports what 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -30,6 +29,7 @@ from asr_lightning.data.pipeline import (
     prepare_rows,
     prepare_spans,
     prepare_table,
+    raw_texts,
     read_spans,
 )
 from asr_lightning.data.sources import (
@@ -264,7 +264,7 @@ class ASRDataModule(pl.LightningDataModule):
                 self._train_rows[name], found = rows.table, rows.characters
             else:
                 builder = ItemTableBuilder()
-                found = normalizer.characters(_kept_texts(iter_source(config), builder))
+                found = normalizer.characters(raw_texts(iter_source(config), builder))
                 self._train_rows[name] = builder.finish()
             characters |= found
             read += len(self._train_rows[name])
@@ -569,14 +569,6 @@ def _warn_unreadable(unreadable: ItemTable, where: str) -> None:
         first.id,
         first.unreadable,
     )
-
-
-def _kept_texts(rows: Iterable[Utterance], builder: ItemTableBuilder) -> Iterator[str]:
-    """The raw transcripts of ``rows``, keeping each row in ``builder`` (NaN: no duration)."""
-    for utt in rows:
-        duration = math.nan if utt.duration is None else utt.duration
-        builder.append_row(utt.id, utt.audio, utt.text, duration)
-        yield utt.text
 
 
 def _check_transcripts_fit(
