@@ -581,9 +581,8 @@ def training_arguments(args: argparse.Namespace, settings: Settings, grouped: bo
         remove_unused_columns=True,
         # DataLoader: the recipe's features are precomputed, so its workers only read them from
         # Arrow (as Python lists) and pad. The recipe's default is 0: that padding then runs in
-        # the main process, ~10 % of the step time on AN4. 2 workers (--recipe-workers, the
-        # default here, as many as ours has) took it off the step and were as fast or slightly
-        # faster (98.2 and 98.5 audio s/s against 93.4 and 98.7 with 0, Parakeet, BENCHMARKS.md).
+        # the main process, on the step. 2 workers (--recipe-workers, the default here, as many
+        # as ours has) take it off the step; --recipe-workers 0 measures the recipe's default.
         # They stay alive across epochs rather than being forked again at every epoch, and
         # prefetch the default 2 batches each.
         dataloader_num_workers=workers,
@@ -614,8 +613,8 @@ def run_recipe(args: argparse.Namespace, settings: Settings, grouped: bool) -> d
     setup_start = time.perf_counter()
     dm = datamodule(args, settings, max_batch_seconds=200.0)
     module = build_module(dm, settings)
-    model, feature_extractor, tokenizer = recipe_model(module), module.feature_extractor, None
-    tokenizer = module.tokenizer
+    model = recipe_model(module)
+    feature_extractor, tokenizer = module.feature_extractor, module.tokenizer
     del module
     train = recipe_dataset(dm, feature_extractor, tokenizer)
     audio_s = sum(train["input_length"]) / SAMPLE_RATE

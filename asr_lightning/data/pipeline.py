@@ -4,9 +4,9 @@ A source is set up a chunk of rows at a time: its rows are read (:mod:`.sources`
 durations measured or looked up (:mod:`.durations`), filtered (:mod:`.filters`) and the kept
 ones stored in columns (:mod:`.table`). Chunks are independent, so a large source is set up in a
 pool of forked processes, one chunk per task: a JSON-lines manifest is split into byte spans that
-each process parses itself; rows read before (for the vocabulary) are sent as slices of their
-table. Results come back as columns, in order, and are joined: the outcome is the same table,
-report and sample as one process gives, in the same order.
+each process parses itself; rows read before (for the vocabulary) are inherited, and each
+task is a range of their rows. Results come back as columns, in order, and are joined: the
+outcome is the same table, report and sample as one process gives, in the same order.
 
 Everything a chunk needs besides its rows (:class:`ChunkJob`: rules, normalizer, label counter,
 duration cache path) reaches the processes by ``fork``, never pickled; where ``fork`` is not
@@ -20,7 +20,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,7 +55,8 @@ class ChunkJob:
         cache_path: The SQLite duration cache; ``None``: measure every file without durations.
         keep_unreadable: Keep rows whose audio cannot be read, as unreadable items (evaluation
             sets are scored whole), rather than only counting them.
-        progress: Show the duration measurement's progress bar (single process only).
+        progress: Show the duration measurement's progress bar (off in the pool's processes,
+            whose bars would interleave).
     """
 
     rules: FilterRules
@@ -130,7 +131,7 @@ def prepare_table(job: ChunkJob, rows: ItemTable, workers: int) -> list[Prepared
     if workers < 2 or len(rows) < MIN_PARALLEL_ROWS or not can_fork():
         return prepare_rows(job, utterances(rows))
     ranges = [(start, start + CHUNK_ROWS) for start in range(0, len(rows), CHUNK_ROWS)]
-    return run_pool(_prepare_range, ranges, workers, (job, rows))
+    return run_pool(_prepare_range, ranges, workers, (replace(job, progress=False), rows))
 
 
 def prepare_spans(
@@ -139,7 +140,7 @@ def prepare_spans(
     """Set up a JSON-lines manifest from its spans, one task per span (results to
     :func:`join`)."""
     tasks = [(config, span) for span in spans]
-    return run_pool(_prepare_span, tasks, workers, job)
+    return run_pool(_prepare_span, tasks, workers, replace(job, progress=False))
 
 
 @dataclass
@@ -219,8 +220,9 @@ def can_fork() -> bool:
 
 
 # ------------------------------------------------------------------------------ the pool
-#: The job of the pool's processes, inherited through ``fork`` (set by :func:`_inherit`).
+#: The job of the pool's processes, inherited through ``fork`` (set by :func:`run_pool`).
 _JOB: Any = None
+#: The duration cache of this process (a pool's process opens its own).
 _CACHE: DurationCache | None = None
 
 
@@ -265,23 +267,16 @@ def _cache(job: ChunkJob) -> DurationCache | None:
     return _CACHE
 
 
-def _quiet(job: ChunkJob) -> ChunkJob:
-    """The job without a progress bar: bars of several processes would interleave."""
-    return ChunkJob(
-        job.rules, job.normalizer, job.label_count, job.cache_path, job.keep_unreadable, False
-    )
-
-
 def _prepare_range(bounds: tuple[int, int]) -> Prepared:
     job, table = _JOB
     rows = list(utterances(table.rows(*bounds)))
-    return prepare_chunk(_quiet(job), rows, _cache(job))
+    return prepare_chunk(job, rows, _cache(job))
 
 
 def _prepare_span(task: tuple[SourceConfig, ManifestSpan]) -> Prepared:
     config, span = task
     rows = list(iter_manifest(span.path, config, span))
-    return prepare_chunk(_quiet(_JOB), rows, _cache(_JOB))
+    return prepare_chunk(_JOB, rows, _cache(_JOB))
 
 
 def _read_span(task: tuple[SourceConfig, ManifestSpan]) -> RawRows:

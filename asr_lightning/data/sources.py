@@ -368,7 +368,7 @@ class _ManifestRecords:
                             'a manifest must be one object like {"audio_filepath": ..., '
                             '"text": ..., "duration": ...}'
                         ) from err
-        except OSError as err:
+        except (OSError, UnicodeDecodeError) as err:  # the second: a JSON list file
             raise DataSourceError(f"cannot read manifest {path}: {err}") from err
 
 

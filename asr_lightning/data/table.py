@@ -116,7 +116,7 @@ class _ColumnBuilder:
     """Appends strings to a growing buffer; :meth:`finish` freezes it into numpy arrays.
 
     Rows wait in a short list and are moved into the buffer a block at a time (one ``join``
-    and one offsets update per block: a third of the cost of growing the buffer per row).
+    and one offsets update per block, rather than growing the buffer row by row).
     """
 
     def __init__(self) -> None:
@@ -156,12 +156,7 @@ class _ColumnBuilder:
             is_bytes[np.frombuffer(self._bytes_rows, dtype=np.int64)] = True
         data = np.frombuffer(bytes(self._data), dtype=np.uint8)
         offsets = np.frombuffer(self._offsets, dtype=np.int64).copy()
-        self._data, self._offsets, self._bytes_rows, self._rows = (
-            bytearray(),
-            array("q", [0]),
-            array("q"),
-            0,
-        )
+        self.__init__()  # empty again
         return StringColumn(data, offsets, is_bytes)
 
 

@@ -76,12 +76,14 @@ class MaskedGroupNorm(torch.nn.GroupNorm):
             )
             + 1
         )  # (B,) valid frames of the first convolution
-        if _tracing():  # lengths stay tensors: the exported graph takes any batch
+        if _tracing() or hidden.device.type != "cpu":
+            # traced: lengths stay tensors, so the exported graph takes any batch; on an
+            # accelerator the per-row loop below would sync for the lengths at every step
             return self._masked(hidden, lengths)
-        # statistics of each row over its valid frames: one fused pass per row (``var_mean``),
-        # then one pass normalizing the batch (a third of the time of the masked sums in
-        # training, benchmarks/train_speed.py). Padded frames get their row's normalization: no
-        # valid output frame of the later convolutions reads them.
+        # on a CPU: statistics of each row over its valid frames in one fused pass per row
+        # (``var_mean``), then one pass normalizing the batch, instead of the masked sums'
+        # passes over the whole batch (benchmarks/step_cost.py). Padded frames get their row's
+        # normalization: no valid output frame of the later convolutions reads them.
         stats = [
             torch.var_mean(hidden[row, :, :valid], dim=-1, unbiased=False)
             for row, valid in enumerate(lengths.clamp(min=1, max=hidden.shape[-1]).tolist())
@@ -93,7 +95,7 @@ class MaskedGroupNorm(torch.nn.GroupNorm):
         return torch.addcmul(shift[:, :, None], hidden, scale[:, :, None])
 
     def _masked(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The same with masked sums: tensor operations only, for tracing and export."""
+        """The same with masked sums: tensor operations only (tracing, export, GPUs)."""
         lengths = lengths.clamp(min=1).to(hidden.dtype)
         frames = torch.arange(hidden.shape[-1], device=hidden.device)
         mask = (frames[None, :] < lengths[:, None]).to(hidden.dtype)[:, None, :]  # (B, 1, T)

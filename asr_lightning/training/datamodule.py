@@ -7,7 +7,6 @@ which treatment (augmentation and shuffling for training only) and reports what 
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -258,9 +257,10 @@ class ASRDataModule(pl.LightningDataModule):
                 characters |= normalizer.characters(texts)
                 continue
             # the rows are kept in columns, so that setup does not parse the source again
-            spans = manifest_spans_to_split(config, self._setup_workers())
+            workers = self._setup_workers()
+            spans = manifest_spans_to_split(config, workers)
             if spans is not None:
-                rows = read_spans(normalizer, config, spans, self._setup_workers())
+                rows = read_spans(normalizer, config, spans, workers)
                 self._train_rows[name], found = rows.table, rows.characters
             else:
                 builder = ItemTableBuilder()
@@ -362,7 +362,7 @@ class ASRDataModule(pl.LightningDataModule):
             rules,
             normalizer,
             encoder.count,
-            os.path.expanduser(self.duration_cache) if self.duration_cache else None,
+            self.duration_cache,
             keep_unreadable=split != "train",  # scores cover the whole set: scored as empty
         )
         workers = self._setup_workers()

@@ -36,8 +36,8 @@ def run_dir(trainer: pl.Trainer) -> Path:
     (an MLflow run: ``<experiment id>/<run id>``). No logger: ``default_root_dir``. The same
     path on every rank.
     """
-    logger = trainer.loggers[0] if trainer.loggers else None
-    if logger is None or isinstance(logger, (TensorBoardLogger, CSVLogger)):
+    logger = _versioned_logger(trainer)
+    if logger is None:
         return Path(trainer.log_dir or trainer.default_root_dir)
     folder = None
     if trainer.is_global_zero:
@@ -77,8 +77,8 @@ class RunConfigSaver(SaveConfigCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.already_saved:
             return
-        logger = trainer.loggers[0] if trainer.loggers else None
-        if logger is None or isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        logger = _versioned_logger(trainer)
+        if logger is None:  # trainer.log_dir is the run's own folder
             return super().setup(trainer, pl_module, stage)
         folder = run_dir(trainer)
         if trainer.is_global_zero:
@@ -91,6 +91,13 @@ class RunConfigSaver(SaveConfigCallback):
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+def _versioned_logger(trainer: pl.Trainer) -> Any:
+    """The first logger when it is one whose ``trainer.log_dir`` is not a run's own folder
+    (MLflow, W&B, ...); ``None`` for TensorBoard, CSV or no logger."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    return None if isinstance(logger, (TensorBoardLogger, CSVLogger, type(None))) else logger
 
 
 def _log_artifact(logger: Any, path: Path) -> None:

@@ -24,6 +24,7 @@ from asr_lightning.data.pipeline import (
 from asr_lightning.data.records import SourceConfig
 from asr_lightning.data.sources import iter_manifest
 from asr_lightning.data.table import ItemTable
+from asr_lightning.errors import DataSourceError
 from asr_lightning.text.normalize import TextNormalizer
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "data" / "quickstart"
@@ -145,5 +146,5 @@ def test_an_error_in_a_forked_span_names_the_file_and_its_line(tmp_path, small_c
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = SourceConfig(str(manifest))
     spans = manifest_spans_to_split(config, workers=2)
-    with pytest.raises(Exception, match=r"train.jsonl:2501: field 'text' must be a string"):
+    with pytest.raises(DataSourceError, match=r"train.jsonl:2501: field 'text' must be a string"):
         prepare_spans(job(tmp_path, False), config, spans, workers=2)

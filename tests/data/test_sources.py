@@ -243,3 +243,10 @@ def test_hub_offline_is_explained_not_a_traceback() -> None:
     assert "no longer served from the HF Hub" in str(info.value)
     with pytest.raises(DataSourceError, match="could not reach the Hugging Face Hub"):
         list(iter_source(SourceConfig("owner/name", "hf_hub", streaming=True)))
+
+
+def test_a_json_list_manifest_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_bytes(b'[{"audio_filepath": "a.wav", "text": "caf\xe9"}]')  # Latin-1
+    with pytest.raises(DataSourceError, match=r"cannot read manifest .*list.json"):
+        read_manifest(path)
