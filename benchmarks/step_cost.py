@@ -3,6 +3,7 @@
 
     python benchmarks/step_cost.py --family parakeet
     python benchmarks/step_cost.py --family wav2vec2 --profile   # top operators of each
+    python benchmarks/step_cost.py --family parakeet --compile auto   # torch.compile too
 
 ``benchmarks/train_speed.py`` compares whole training runs, where padding, data loading and
 per-step overhead all differ. This isolates the model: the first ``--steps`` batches of
@@ -30,6 +31,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--max-batch-seconds", type=float, default=47.4)
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of each")
+    parser.add_argument(
+        "--compile",
+        choices=("dynamic", "auto"),
+        help="then torch.compile the module's model (dynamic=True, or the default automatic "
+        "dynamic shapes) and time it on the same batches, or print why it failed",
+    )
     parser.add_argument("--work-dir", type=Path, default=train_speed.REPO / "runs" / "step_cost")
     args = parser.parse_args()
     repo = train_speed.REPO
@@ -74,6 +81,8 @@ def main() -> None:
         print(
             f"{run.__name__:>7}: {(time.perf_counter() - start) / len(batches) * 1e3:.0f} ms/step"
         )
+    if args.compile:
+        compiled(module, batches, ours, dynamic=args.compile == "dynamic")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -83,6 +92,32 @@ def main() -> None:
                     run(batch)
             print(f"===== {run.__name__}")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
+
+
+def compiled(module, batches: list[dict], step, dynamic: bool) -> None:
+    """Time ``step`` with ``module.model`` compiled by torch.compile (inductor), or say why
+    compiling failed."""
+    import torch
+
+    module.model.compile(dynamic=True if dynamic else None)
+    started = time.perf_counter()
+    for index, batch in enumerate(batches):
+        try:
+            step(batch)
+        except Exception as err:  # inductor's errors: report and stop, as a user would see it
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            last = lines[0] if lines else ""  # inductor's first line names the error
+            print(
+                f"compiled ({'dynamic' if dynamic else 'auto'}): failed at batch {index} "
+                f"{tuple(batch[module.model.main_input_name].shape)}: {type(err).__name__}: "
+                f"{last[:200]}"
+            )
+            return
+        if index == 0:
+            print(f"compiled: first step {time.perf_counter() - started:.1f} s (compiling)")
+            started = time.perf_counter()
+    per_step_ms = (time.perf_counter() - started) / max(len(batches) - 1, 1) * 1e3
+    print(f"compiled: {per_step_ms:.0f} ms/step after the first ({torch.__version__})")
 
 
 if __name__ == "__main__":
