@@ -39,7 +39,9 @@ WAV2VEC2 = {
     "conv_stride": (5, 8, 8),
 }
 MODEL = {"model_type": "wav2vec2", "config_overrides": WAV2VEC2, "learning_rate": 1e-5}
-PER_UTTERANCE = {"id", "reference", "hypothesis", "word_errors", "ref_words", "char_errors"}
+PER_UTTERANCE = {
+    "id", "reference", "hypothesis", "confidence", "word_errors", "ref_words", "char_errors",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

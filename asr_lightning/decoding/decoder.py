@@ -16,6 +16,12 @@ from typing import Any
 import numpy as np
 
 from asr_lightning.decoding.beam import BeamSearchDecoder
+from asr_lightning.decoding.confidence import (
+    log_softmax,
+    token_confidences,
+    utterance_confidence,
+    word_confidence,
+)
 from asr_lightning.decoding.greedy import GreedyHypothesis, greedy_path, ids_to_text
 from asr_lightning.decoding.lm import load_lm
 from asr_lightning.decoding.options import DEFAULT_DECODING, DecodingOptions
@@ -33,6 +39,9 @@ class Word:
     word: str
     start: float
     end: float
+    confidence: float | None = None
+    """The model's confidence in the word, in [0, 1] (see
+    :mod:`asr_lightning.decoding.confidence`); ``None`` where none was computed."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,9 @@ class Decoded:
     text: str
     """Words separated by single spaces; empty when nothing but blanks was emitted."""
     words: list[Word] = field(default_factory=list)
-    """Per-word timestamps from the CTC alignment of the decoded path."""
+    """Per-word timestamps and confidences from the CTC alignment of the decoded path."""
+    confidence: float | None = None
+    """The utterance's confidence in [0, 1] (see :mod:`asr_lightning.decoding.confidence`)."""
 
 
 class CTCDecoder:
@@ -50,7 +61,9 @@ class CTCDecoder:
 
     Word timestamps come from the decoded path: a word starts at the first frame of its first
     token and ends after its last token (frame x samples per frame / sampling rate). Words are
-    split at the word delimiter (``|`` in character vocabularies) or at ``▁`` pieces.
+    split at the word delimiter (``|`` in character vocabularies) or at ``▁`` pieces. Word and
+    utterance confidences come from the posteriors of that path
+    (:mod:`asr_lightning.decoding.confidence`).
     """
 
     def __init__(
@@ -90,9 +103,15 @@ class CTCDecoder:
 
     def decode(self, logits: np.ndarray) -> Decoded:
         """Text and words of one clip's ``(T, V)`` logits (every frame valid)."""
-        path = self.path(np.asarray(logits))
+        logits = np.asarray(logits)
+        path = self.path(logits)
         text = ids_to_text(path.ids, self.tokenizer) if path.ids else ""
-        return Decoded(" ".join(text.split()), self._words(path))
+        log_probs = log_softmax(logits)  # (T, V)
+        words = self._words(path, token_confidences(log_probs, path))
+        scores = [word.confidence for word in words]
+        return Decoded(
+            " ".join(text.split()), words, utterance_confidence(scores, log_probs, self.blank_id)
+        )
 
     def decode_batch(self, logits: Any, lengths: Any) -> list[Decoded]:
         """:meth:`decode` of each row of padded ``(B, T, V)`` logits, cut at ``lengths``."""
@@ -109,13 +128,16 @@ class CTCDecoder:
     def _text_of(self, ids: tuple[int, ...]) -> str:
         return ids_to_text(ids, self.tokenizer).strip()
 
-    def _words(self, path: GreedyHypothesis) -> list[Word]:
+    def _words(self, path: GreedyHypothesis, token_scores: list[float]) -> list[Word]:
         seconds = self.seconds_per_frame
         words = []
-        for ids, start, end in word_spans(path, self.tokens, self.delimiter):
-            text = self._word_text(tuple(ids))
+        for first, last, start, end in word_spans(path, self.tokens, self.delimiter):
+            text = self._word_text(tuple(path.ids[first:last]))
             if text:
-                words.append(Word(text, round(start * seconds, 3), round(end * seconds, 3)))
+                confidence = word_confidence(token_scores[first:last])
+                words.append(
+                    Word(text, round(start * seconds, 3), round(end * seconds, 3), confidence)
+                )
         return words
 
 
@@ -128,21 +150,23 @@ def _numpy(array: Any) -> np.ndarray:
 
 def word_spans(
     path: GreedyHypothesis, tokens: Sequence[str], delimiter: str | None
-) -> Iterator[tuple[list[int], int, int]]:
-    """``(token ids, first frame, frame past the end)`` of each word of a decoded path."""
-    current: list[int] = []
+) -> Iterator[tuple[int, int, int, int]]:
+    """``(first token, token past the end, first frame, frame past the end)`` of each word of a
+    decoded path (token positions index ``path.ids``; delimiters belong to no word)."""
+    first_token = None
     start = end = 0
-    for token_id, first, last in zip(path.ids, path.start_frames, path.end_frames, strict=True):
+    for position, (token_id, first, last) in enumerate(
+        zip(path.ids, path.start_frames, path.end_frames, strict=True)
+    ):
         token = tokens[token_id] if token_id < len(tokens) else ""
-        if token == delimiter or (token.startswith(WORD_START) and current):
-            if current:
-                yield current, start, end
-            current = []
+        if token == delimiter or (token.startswith(WORD_START) and first_token is not None):
+            if first_token is not None:
+                yield first_token, position, start, end
+            first_token = None
             if token == delimiter:
                 continue
-        if not current:
-            start = first
-        current.append(token_id)
+        if first_token is None:
+            first_token, start = position, first
         end = last
-    if current:
-        yield current, start, end
+    if first_token is not None:
+        yield first_token, len(path.ids), start, end

@@ -68,6 +68,9 @@ class Transcript:
     """Length of the audio in seconds (0 when it could not be read)."""
     error: str | None = None
     """Why this input could not be transcribed, or ``None``."""
+    confidence: float | None = None
+    """The model's confidence in the transcript, in [0, 1] (``None`` when ``error`` is set;
+    see :mod:`asr_lightning.decoding.confidence`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -301,10 +304,12 @@ class Transcriber:
         duration = 0.0 if item.audio is None else round(item.audio.size / self.sample_rate, 3)
         if item.error is not None:
             return Transcript(item.source, "", [], duration, item.error)
-        if not item.chunks:  # too short to hold speech
-            return Transcript(item.source, "", [], duration)
+        if not item.chunks:  # too short to hold speech: surely nothing said
+            return Transcript(item.source, "", [], duration, confidence=1.0)
         decoded = self.decoder.decode(stitch(item.chunks, item.logits))  # (T, V) logits
-        return Transcript(item.source, decoded.text, decoded.words, duration)
+        return Transcript(
+            item.source, decoded.text, decoded.words, duration, confidence=decoded.confidence
+        )
 
 
 def _one_at_a_time(exact: bool, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -304,13 +304,14 @@ def _decode_file(data: bytes, sample_rate: int) -> np.ndarray:
 
 
 def transcript_body(transcript: Any, timestamps: bool) -> dict[str, Any]:
-    """The answer to a transcribed request: ``{"text": ...}`` (+ ``words``, ``duration_s``).
+    """The answer to a transcribed request: ``{"text": ..., "confidence": ...}`` (+ ``words``
+    with their times and confidences, and ``duration_s``).
 
     A transcript with an ``error`` (the model failed on valid audio) is a 500.
     """
     if transcript.error:
         raise RequestError(INTERNAL_ERROR, f"transcription failed: {transcript.error}")
-    body: dict[str, Any] = {"text": transcript.text}
+    body: dict[str, Any] = {"text": transcript.text, "confidence": transcript.confidence}
     if timestamps:
         body["words"] = [_word_dict(word) for word in transcript.words]
         body["duration_s"] = transcript.duration_s
@@ -318,7 +319,12 @@ def transcript_body(transcript: Any, timestamps: bool) -> dict[str, Any]:
 
 
 def _word_dict(word: Any) -> Mapping[str, Any]:
-    return {"word": word.word, "start": word.start, "end": word.end}
+    return {
+        "word": word.word,
+        "start": word.start,
+        "end": word.end,
+        "confidence": word.confidence,
+    }
 
 
 def encode_json(document: Mapping[str, Any]) -> bytes:

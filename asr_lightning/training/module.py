@@ -312,10 +312,12 @@ class CTCModule(lightning.LightningModule):
         if len(batch["ids"]) == 0:
             if stage in self.error_rates:
                 self.error_rates[stage].update(index, [], [], self.device)
-            hypotheses, references = [], []
+            hypotheses, references, confidences = [], [], []
         else:
             logits, lengths = self(batch)
-            hypotheses = self.transcribe(logits, lengths)
+            decoded = self.decoder.decode_batch(logits, lengths)
+            hypotheses = [d.text for d in decoded]
+            confidences = [d.confidence for d in decoded]
             references = batch.get("texts") or [""] * len(hypotheses)  # unlabelled predict data
             if stage != "predict":
                 loss = self._loss(logits, lengths, batch["labels"])
@@ -336,13 +338,14 @@ class CTCModule(lightning.LightningModule):
             )
         if stage in self._records:
             records = self._records[stage].setdefault(index, [])
-            for uid, ref, hyp in zip(batch["ids"], references, hypotheses, strict=True):
-                record = {"id": uid, "hypothesis": hyp}
+            rows = zip(batch["ids"], references, hypotheses, confidences, strict=True)
+            for uid, ref, hyp, confidence in rows:
+                record = {"id": uid, "hypothesis": hyp, "confidence": confidence}
                 if stage == "test" or ref:
                     record |= {"reference": ref, **utterance_errors(ref, hyp)}
                 records.append(record)
             for uid, ref, reason in unreadable:
-                record = {"id": uid, "hypothesis": "", "unreadable": reason}
+                record = {"id": uid, "hypothesis": "", "confidence": None, "unreadable": reason}
                 if (stage == "test" or ref) and self.hparams.unreadable == "score":
                     record |= {"reference": ref, **utterance_errors(ref, "")}
                 elif stage == "test" or ref:

@@ -36,9 +36,10 @@ def test_text_and_word_times_follow_the_path():
     assert decoded.text == "ab ba"
     # "ab": frames 1..4 (end is the frame past the last b); "ba": frames 8..11
     assert decoded.words == [
-        Word("ab", 1 * FRAME_S, 5 * FRAME_S),
-        Word("ba", 8 * FRAME_S, 12 * FRAME_S),
+        Word("ab", 1 * FRAME_S, 5 * FRAME_S, confidence=1.0),
+        Word("ba", 8 * FRAME_S, 12 * FRAME_S, confidence=1.0),
     ]
+    assert decoded.confidence == 1.0
 
 
 def test_repeated_delimiters_and_edge_spaces_give_single_spaces():
@@ -90,7 +91,7 @@ def test_a_sentencepiece_vocabulary_splits_words_at_word_starts():
     logits[np.arange(5), [1, 2, 0, 3, 0]] = 8.0  # ▁a b - ▁b -
     decoded = pieces.decode(logits)
     assert decoded.text == "ab b"
-    assert decoded.words == [Word("ab", 0.0, 0.08), Word("b", 0.12, 0.16)]
+    assert decoded.words == [Word("ab", 0.0, 0.08, 1.0), Word("b", 0.12, 0.16, 1.0)]
 
 
 def test_options_are_checked_and_described(tmp_path):

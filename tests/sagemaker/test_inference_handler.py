@@ -87,8 +87,9 @@ def test_hf_only_model_dir_runs_on_torch(model_dir, handler, tmp_path):
 def test_every_content_type_answers_like_the_server(handler, model, wav):
     from asr_lightning.audio.decode import load_audio
 
-    expected = model.transcribe_arrays([load_audio(wav)])[0].text
-    assert expected
+    transcript = model.transcribe_arrays([load_audio(wav)])[0]
+    expected = {"text": transcript.text, "confidence": transcript.confidence}
+    assert transcript.text and 0.0 < transcript.confidence <= 1.0
     encoded = base64.b64encode(wav).decode()
     samples = np.frombuffer(wav[44:], dtype="<i2").tobytes()  # the WAV's PCM data
     pcm = json.dumps({"audio": base64.b64encode(samples).decode(), "sample_rate": 16000})
@@ -104,7 +105,7 @@ def test_every_content_type_answers_like_the_server(handler, model, wav):
     try:
         for body, content_type in requests:
             answer = _answer(handler, model, body, content_type)
-            assert answer == {"text": expected}
+            assert answer == expected
             raw = body.encode() if isinstance(body, str) else body
             assert app.invoke(raw, content_type, None, None) == (200, answer)
     finally:
@@ -123,7 +124,8 @@ def test_the_seed_readme_body_works_verbatim(handler, model, shared_data, rate, 
     sf.write(clip, audio, rate, subtype="PCM_16")
     body = '{"base64":"' + base64.b64encode(clip.read_bytes()).decode() + '","sample_rate":16000}'
     answer = _answer(handler, model, body, "application/json")
-    assert answer == {"text": model.transcribe([str(clip)])[0].text} and answer["text"]
+    expected = model.transcribe([str(clip)])[0]
+    assert answer == {"text": expected.text, "confidence": expected.confidence} and answer["text"]
 
 
 def test_timestamps_from_json_or_custom_attributes(handler, model, wav):

@@ -140,15 +140,16 @@ def test_toolkit_transcribes_wav_and_json(toolkit, shared_data, tmp_path):
     audio = load_audio(shared_data / AN4_CLIP)
     wav = tmp_path / "clip.wav"
     sf.write(wav, audio, 16_000, subtype="PCM_16")
-    expected = Transcriber.from_pretrained(model_dir / "onnx").transcribe([wav])[0].text
+    transcript = Transcriber.from_pretrained(model_dir / "onnx").transcribe([wav])[0]
+    expected = {"text": transcript.text, "confidence": transcript.confidence}
     status, body = _request(url + "/invocations", wav.read_bytes(), "audio/wav")
-    assert (status, json.loads(body)) == (200, {"text": expected}), body
+    assert (status, json.loads(body)) == (200, expected), body
     encoded = base64.b64encode(wav.read_bytes()).decode()
     for document in ({"audio": encoded}, {"base64": encoded, "sample_rate": 16000}):  # the seed's
         status, body = _request(
             url + "/invocations", json.dumps(document).encode(), "application/json"
         )
-        assert status == 200 and json.loads(body) == {"text": expected}
+        assert status == 200 and json.loads(body) == expected
     attributes = {"X-Amzn-SageMaker-Custom-Attributes": "timestamps=true"}
     status, body = _request(url + "/invocations", wav.read_bytes(), "audio/wav", attributes)
     assert status == 200 and json.loads(body)["words"], body

@@ -183,15 +183,15 @@ def test_accept_and_timestamp_attributes():
 
 
 def test_transcript_bodies():
-    transcript = Transcript(
-        "<array 0>", "go left", [Word("go", 0.1, 0.3), Word("left", 0.4, 0.8)], 1.0
-    )
-    assert transcript_body(transcript, timestamps=False) == {"text": "go left"}
+    words = [Word("go", 0.1, 0.3, 0.9), Word("left", 0.4, 0.8, 0.7)]
+    transcript = Transcript("<array 0>", "go left", words, 1.0, confidence=0.8)
+    assert transcript_body(transcript, timestamps=False) == {"text": "go left", "confidence": 0.8}
     assert transcript_body(transcript, timestamps=True) == {
         "text": "go left",
+        "confidence": 0.8,
         "words": [
-            {"word": "go", "start": 0.1, "end": 0.3},
-            {"word": "left", "start": 0.4, "end": 0.8},
+            {"word": "go", "start": 0.1, "end": 0.3, "confidence": 0.9},
+            {"word": "left", "start": 0.4, "end": 0.8, "confidence": 0.7},
         ],
         "duration_s": 1.0,
     }

@@ -66,7 +66,7 @@ def test_ping_and_transcripts_equal_the_transcriber(server, transcriber, encoded
     expected = transcriber.transcribe_arrays([speech])[0]
     assert expected.text
     status, answer = _post(server.url + "/invocations", encoded["wav"], "audio/wav")
-    assert (status, answer) == (200, {"text": expected.text})
+    assert (status, answer) == (200, {"text": expected.text, "confidence": expected.confidence})
     body = json.dumps({"audio": base64.b64encode(encoded["flac"]).decode(), "timestamps": True})
     status, answer = _post(server.url + "/invocations", body.encode(), "application/json")
     assert status == 200 and answer["text"] == expected.text
@@ -122,7 +122,7 @@ def test_get_on_invocations_and_chunked_bodies(server):
 
 
 def test_concurrent_requests_are_batched(server, encoded, transcriber, speech):
-    expected = transcriber.transcribe_arrays([speech])[0].text
+    expected = transcriber.transcribe_arrays([speech])[0]
     batches_before = server.app.batcher.stats.batches
     with ThreadPoolExecutor(8) as pool:
         answers = list(
@@ -131,7 +131,11 @@ def test_concurrent_requests_are_batched(server, encoded, transcriber, speech):
                 range(8),
             )
         )
-    assert answers == [(200, {"text": expected})] * 8
+    assert [(status, answer["text"]) for status, answer in answers] == [(200, expected.text)] * 8
+    # a clip batched with others gets (almost) the logits, so the confidence, it gets alone
+    assert [a["confidence"] for _, a in answers] == pytest.approx(
+        [expected.confidence] * 8, abs=1e-3
+    )
     assert server.app.batcher.stats.batches - batches_before < 8  # some requests shared a call
 
 
@@ -182,8 +186,9 @@ def test_the_seed_readme_invoke_works_verbatim(server, transcriber, speech, rate
         EndpointName="my-asr-endpoint", ContentType="application/json", Body=body
     )
     answer = json.loads(response["Body"].read())
-    assert answer == {"text": transcriber.transcribe([str(wav)])[0].text}
-    assert answer["text"]
+    expected = transcriber.transcribe([str(wav)])[0]
+    assert answer["text"] == expected.text and answer["text"]
+    assert answer["confidence"] == pytest.approx(expected.confidence, abs=1e-3)
 
 
 def _free_port() -> int:
@@ -233,7 +238,7 @@ def test_mixed_load_from_eight_clients_drops_nothing(server, encoded, transcribe
         (b"text", "text/plain", 415),
     ]
     expected = {
-        body: transcriber.transcribe_arrays([parse_request(body, kind).audio])[0].text
+        body: transcriber.transcribe_arrays([parse_request(body, kind).audio])[0]
         for body, kind, status in cases
         if status == 200
     }
@@ -246,6 +251,7 @@ def test_mixed_load_from_eight_clients_drops_nothing(server, encoded, transcribe
     for (body, _, status), (code, answer) in zip(workload, answers, strict=True):
         assert code == status
         if status == 200:
-            assert answer == {"text": expected[body]}
+            assert answer["text"] == expected[body].text
+            assert answer["confidence"] == pytest.approx(expected[body].confidence, abs=1e-3)
         else:
             assert answer["status"] == status

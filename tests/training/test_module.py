@@ -141,6 +141,7 @@ def test_validation_and_test_log_error_rates_and_write_transcripts(tmp_path):
     assert [r["id"] for r in records] == batch["ids"]
     assert records[0]["reference"] == "abc"
     assert set(records[0]) >= {"hypothesis", "word_errors", "ref_words", "char_errors"}
+    assert all(0.0 <= r["confidence"] <= 1.0 for r in records)
 
 
 def test_several_validation_sets_are_logged_by_name(tmp_path):
