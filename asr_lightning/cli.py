@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -225,6 +224,7 @@ def transcribe_main(argv: Sequence[str]) -> int:
 
 
 def _serve_parser() -> Any:
+    from asr_lightning.serve.app import KEEP_ALIVE_S, READ_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
     from asr_lightning.serve.batching import BatchOptions
     from asr_lightning.serve.loading import SAGEMAKER_MODEL_DIR
     from asr_lightning.serve.requests import DEFAULT_MAX_BODY_MB
@@ -232,8 +232,8 @@ def _serve_parser() -> Any:
 
     parser = _tool_parser(
         "serve",
-        "HTTP server with SageMaker's container contract (GET /ping, POST /invocations), "
-        "batching concurrent requests.",
+        "ASGI server (uvicorn) with SageMaker's container contract (GET /ping, POST "
+        "/invocations), batching concurrent requests, Prometheus metrics at GET /metrics.",
     )
     parser.add_argument(
         "model", type=str, nargs="?", default=SAGEMAKER_MODEL_DIR,
@@ -245,54 +245,65 @@ def _serve_parser() -> Any:
         help=f"interface (${SERVE_HOST_ENV} sets the default)",
     )  # fmt: skip
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes, each with its own model (threads shared out)")  # fmt: skip
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
                         help="larger bodies get 413 (MiB)")  # fmt: skip
+    parser.add_argument("--read-timeout-s", type=float, default=READ_TIMEOUT_S,
+                        help="a body not received in this time gets 408")  # fmt: skip
+    parser.add_argument("--shutdown-timeout-s", type=float, default=SHUTDOWN_TIMEOUT_S,
+                        help="at SIGTERM, requests in flight get this long to finish")  # fmt: skip
+    parser.add_argument("--keep-alive-s", type=float, default=KEEP_ALIVE_S,
+                        help="idle keep-alive connections are closed after this")  # fmt: skip
+    parser.add_argument("--max-connections", type=int | None, default=None,
+                        help="connections beyond this get 503 (default: no cap)")  # fmt: skip
+    parser.add_argument("--access-log", action="store_true", help="log a line per request")
     parser.add_class_arguments(BatchOptions, "batching")
     _runtime_arguments(parser)
     return parser
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def serve_main(argv: Sequence[str]) -> int:
-    from asr_lightning.errors import ConfigError
-    from asr_lightning.serve.loading import load_transcriber, resolve_model
-    from asr_lightning.serve.server import AsrServer, ServeOptions, ServingApp
+    from asr_lightning.serve.app import ServeOptions, ServingApp
+    from asr_lightning.serve.loading import resolve_model
+    from asr_lightning.serve.server import AsrServer, ModelSpec, WorkerPool, threads_per_worker
 
     parser = _serve_parser()
     args = parser.parse_args(list(argv))
     options = parser.instantiate(args)
     batching = options.batching
-    transcriber = load_transcriber(
+    spec = ModelSpec(
         args.model,
         backend=args.backend,
         onnx_file=args.onnx_file,
-        num_threads=args.threads,
+        num_threads=args.threads or threads_per_worker(args.workers),
         batch_size=max(8, batching.max_batch_size),
         decoding=_decoding(parser, argv, resolve_model(args.model, args.backend)),
         chunking=options.chunking,
     )
-    serve_options = ServeOptions(batching, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
-    try:
-        server = AsrServer(ServingApp(transcriber, serve_options), args.host, args.port)
-    except OSError as err:
-        raise ConfigError(
-            f"cannot listen on {args.host}:{args.port}: {err}; pick another --port"
-        ) from err
+    serve_options = ServeOptions(
+        batching,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        read_timeout_s=args.read_timeout_s,
+        shutdown_timeout_s=args.shutdown_timeout_s,
+        keep_alive_s=args.keep_alive_s,
+        max_connections=args.max_connections,
+    )
+    routes = "POST /invocations, GET /ping, GET /metrics"
+    if args.workers > 1:
+        pool = WorkerPool(spec, serve_options, args.host, args.port, args.workers)
+        print(f"serving {args.model} on {pool.url} with {args.workers} workers ({routes})",
+              flush=True)  # fmt: skip
+        return pool.run()
+    transcriber = spec.load()
+    server = AsrServer(ServingApp(transcriber, serve_options), args.host, args.port,
+                       access_log=args.access_log)  # fmt: skip
     print(
-        f"serving {args.model} on {server.url} (POST /invocations, GET /ping; decoding: "
+        f"serving {args.model} on {server.url} ({routes}; decoding: "
         f"{transcriber.decoding.describe()})",
         flush=True,
     )
-    signal.signal(signal.SIGTERM, _interrupt)  # docker stop / SageMaker: finish queued requests
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
+    server.serve_forever()  # SIGTERM / Ctrl-C: drain, then exit
     return 0
 
 

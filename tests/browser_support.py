@@ -33,8 +33,8 @@ CHROMIUM_ARGS = (
 
 def chromium_path() -> str:
     """The Chromium binary, or an error saying how to install it."""
-    found = os.environ.get(CHROMIUM_ENV) or shutil.which("chromium") or shutil.which(
-        "chromium-browser"
+    found = (
+        os.environ.get(CHROMIUM_ENV) or shutil.which("chromium") or shutil.which("chromium-browser")
     )
     if not found:
         raise RuntimeError(

@@ -11,8 +11,8 @@ import pytest
 from asr_lightning.cli import main
 from asr_lightning.inference.transcriber import Transcriber
 from asr_lightning.sagemaker.model_dir import complete_model_dir
+from asr_lightning.serve.app import ServingApp
 from asr_lightning.serve.loading import load_transcriber
-from asr_lightning.serve.server import ServingApp
 from tests.model import tiny
 from tests.model.tiny import scratch_module
 from tests.training_support import REPO_ROOT, load_handler, run_dirs, tiny_config

@@ -20,8 +20,8 @@ import pytest
 from asr_lightning.cli import main
 from asr_lightning.decoding.ngram import kneser_ney, write_arpa
 from asr_lightning.sagemaker.model_dir import complete_model_dir
+from asr_lightning.serve.app import ServingApp
 from asr_lightning.serve.loading import load_transcriber
-from asr_lightning.serve.server import ServingApp
 from asr_lightning.training.lightning_cli import best_checkpoint_of
 from tests.training_support import QUICKSTART, REPO_ROOT, load_handler, run_dirs, tiny_config
 

@@ -29,6 +29,8 @@ CLOSE_TIMEOUT_S = 30.0
 _STOP = object()
 
 RunBatch = Callable[[Sequence[np.ndarray]], Sequence[Any]]
+#: Told of each model call: its clip count and the clips still waiting.
+OnBatch = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -66,14 +68,22 @@ class BatchStats:
 class DynamicBatcher:
     """A queue of clips in front of a batch function, run by one worker thread."""
 
-    def __init__(self, run: RunBatch, options: BatchOptions = BatchOptions()) -> None:
+    def __init__(
+        self,
+        run: RunBatch,
+        options: BatchOptions = BatchOptions(),
+        on_batch: OnBatch | None = None,
+    ) -> None:
         """
         Args:
             run: clips -> one result per clip, in order (``Transcriber.transcribe_arrays``).
             options: batch size and wait.
+            on_batch: called before each model call with its size and the queue depth
+                (the server's metrics).
         """
         self.run = run
         self.options = options
+        self.on_batch = on_batch
         self.stats = BatchStats()
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
@@ -88,6 +98,11 @@ class DynamicBatcher:
             return future
         self._queue.put((audio, future))
         return future
+
+    @property
+    def queue_depth(self) -> int:
+        """Clips waiting for the model (approximate, as any queue size read under load)."""
+        return self._queue.qsize()
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Stops taking clips; those already queued are still run."""
@@ -150,6 +165,8 @@ class DynamicBatcher:
         self.stats.batches += 1
         self.stats.items += len(live)
         self.stats.largest = max(self.stats.largest, len(live))
+        if self.on_batch is not None:
+            self.on_batch(len(live), self._queue.qsize())
         try:
             results = list(self.run([audio for audio, _ in live]))
             if len(results) != len(live):

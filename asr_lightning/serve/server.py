@@ -1,238 +1,325 @@
-"""HTTP server with SageMaker's container contract: a local service or a SageMaker BYOC image.
+"""``asr-lightning serve``: the ASGI app on uvicorn, one process or a pool of workers.
 
-``GET /ping`` answers 200 once the model is loaded; ``POST /invocations`` (and
-``POST /endpoints/<name>/invocations``, the path ``sagemaker-runtime`` ``invoke_endpoint``
-posts to, so boto3 with ``endpoint_url`` reaches this server directly) transcribes one clip.
-Bodies are read by :mod:`asr_lightning.serve.requests` (the SageMaker handler uses the same
-code), concurrent requests are batched by :mod:`asr_lightning.serve.batching`, and every error
-is a JSON ``{"error": ..., "status": ...}``. The size limit is checked on ``Content-Length``
-before the body is read.
+:class:`AsrServer` runs :func:`asr_lightning.serve.asgi.create_app` on a uvicorn server over a
+socket it binds itself (port 0 picks a free port, known before the server starts). An event
+loop holds every connection, so a slow or idle client costs a socket, not a thread; bodies that
+do not arrive in time get 408, and ``max_connections`` caps connections with 503 beyond it.
 
-Standard library only (``http.server.ThreadingHTTPServer``): one thread per connection, which
-is plenty for a model that serves tens of requests a second, and nothing new to install.
+Graceful shutdown: the first SIGTERM (or Ctrl-C) makes the app drain: ``/ping`` and new
+requests get 503 while requests and streams in flight finish; the server exits when none is
+left, or after ``shutdown_timeout_s`` at the latest. A second Ctrl-C exits at once.
+
+``--workers N`` (:class:`WorkerPool`): N processes, each loading the model and serving the same
+listening socket (the kernel spreads connections), restarted if one dies, stopped together on
+SIGTERM, with their metrics shared through prometheus-client's multiprocess mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
+import multiprocessing
+import os
+import shutil
+import signal
 import socket
+import tempfile
 import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import FrameType
 
-from asr_lightning.inference.transcriber import Transcriber
-from asr_lightning.serve import requests as rq
-from asr_lightning.serve.batching import BatchOptions, DynamicBatcher
+import uvicorn
+
+from asr_lightning.artifacts import ONNX_FILE
+from asr_lightning.decoding.options import DecodingOptions
+from asr_lightning.errors import ConfigError
+from asr_lightning.inference.chunking import ChunkOptions
+from asr_lightning.inference.transcriber import DEFAULT_CHUNKING, BackendName, Transcriber
+from asr_lightning.serve.app import ServeOptions, ServingApp
+from asr_lightning.serve.asgi import create_app
+from asr_lightning.serve.loading import load_transcriber
+from asr_lightning.serve.metrics import MULTIPROC_ENV
 
 log = logging.getLogger(__name__)
 
 #: SageMaker's container port.
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
-#: Seconds a request waits for its transcript before a 503.
-REQUEST_TIMEOUT_S = 300.0
-#: Seconds to read a declared body before the connection is dropped.
-READ_TIMEOUT_S = 60.0
-#: Seconds a refused body is read and discarded before the connection is closed.
-LINGER_S = 2.0
-LINGER_CHUNK_BYTES = 1 << 16
-INVOCATION_PATH = re.compile(r"^/(?:endpoints/[^/]+/)?invocations$")
-PING_PATHS = ("/ping",)
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+#: Seconds uvicorn gives connections still open once draining is over (then they are closed).
+CLOSE_GRACE_S = 1.0
+#: Seconds the pool waits for a worker past its own shutdown bound before killing it.
+WORKER_KILL_GRACE_S = 10.0
+#: Seconds between the pool's checks of its workers.
+WORKER_POLL_S = 0.5
+STARTUP_TIMEOUT_S = 60.0
+LISTEN_BACKLOG = 2048
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    """What the server accepts and how it batches."""
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (a clear error if the port is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {err}; pick another --port") from err
+    sock.listen(LISTEN_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
 
-    batching: BatchOptions = BatchOptions()
-    """Dynamic batching (``max_batch_size=1``: off)."""
-    max_body_bytes: int = rq.DEFAULT_MAX_BODY_BYTES
-    """Larger request bodies get 413 without being read."""
-    request_timeout_s: float = REQUEST_TIMEOUT_S
-    """Seconds a request may wait for the model before a 503."""
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server with draining: the first signal drains, the loop exits when done."""
 
-class ServingApp:
-    """The server's logic without HTTP: requests in, ``(status, JSON body)`` out."""
+    def __init__(self, config: uvicorn.Config, serving: ServingApp) -> None:
+        super().__init__(config)
+        self.serving = serving
+        self.drain_deadline: float | None = None
 
-    def __init__(self, transcriber: Transcriber, options: ServeOptions = ServeOptions()) -> None:
-        """
-        Args:
-            transcriber: the loaded model (its ``batch_size`` should be >= the max batch size).
-            options: limits and batching.
-        """
-        self.transcriber = transcriber
-        self.options = options
-        self.batcher = DynamicBatcher(transcriber.transcribe_arrays, options.batching)
-
-    def ping(self) -> tuple[int, dict[str, Any]]:
-        return 200, {"status": "ok", "backend": self.transcriber.backend.name}
-
-    def invoke(
-        self, body: bytes, content_type: str | None, accept: str | None, attributes: str | None
-    ) -> tuple[int, dict[str, Any]]:
-        """Status and JSON answer of one ``/invocations`` body."""
-        try:
-            rq.check_accept(accept)
-            request = rq.parse_request(
-                body,
-                content_type,
-                self.transcriber.sample_rate,
-                timestamps=rq.wants_timestamps(attributes),
+    def begin_drain(self) -> None:
+        if self.drain_deadline is None:
+            self.serving.draining = True
+            self.drain_deadline = time.monotonic() + self.serving.options.shutdown_timeout_s
+            log.info(
+                "draining: %d in flight, exiting within %.0f s",
+                self.serving.in_flight,
+                self.serving.options.shutdown_timeout_s,
             )
-            future = self.batcher.submit(request.audio)
-            try:
-                transcript = future.result(timeout=self.options.request_timeout_s)
-            except FutureTimeout:
-                future.cancel()
-                raise rq.RequestError(
-                    rq.UNAVAILABLE, "the model is overloaded: retry later"
-                ) from None
-            except Exception as err:  # the model failed on this clip alone
-                log.exception("inference failed")
-                raise rq.RequestError(
-                    rq.INTERNAL_ERROR, f"inference failed: {type(err).__name__}: {err}"
-                ) from err
-            return 200, rq.transcript_body(transcript, request.timestamps)
-        except rq.RequestError as err:
-            return err.status, err.to_dict()
 
-    def close(self) -> None:
-        self.batcher.close()
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain_deadline is None:
+            self.begin_drain()
+        elif sig == signal.SIGINT:  # a second Ctrl-C: now
+            self.should_exit = self.force_exit = True
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as boto3 and load balancers expect
-    server: _Server
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = urlsplit(self.path).path
-        if path in PING_PATHS:
-            self._send(*self.server.app.ping())
-        elif INVOCATION_PATH.match(path):
-            self._error(rq.METHOD_NOT_ALLOWED, "POST audio to /invocations")
-        else:
-            self._error(rq.NOT_FOUND, f"no such path {path!r}: use GET /ping, POST /invocations")
-
-    def do_POST(self) -> None:  # noqa: N802
-        url = urlsplit(self.path)
-        if not INVOCATION_PATH.match(url.path):
-            self._refuse_body(rq.NOT_FOUND, f"no such path {url.path!r}: POST to /invocations")
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Our handlers while serving (main thread only), without uvicorn's re-raise after it:
+        a drained server exits with status 0."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
             return
-        if self.headers.get("Transfer-Encoding"):
-            self._refuse_body(rq.LENGTH_REQUIRED, "chunked bodies are not accepted")
-            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in SHUTDOWN_SIGNALS}
         try:
-            size = rq.check_content_length(
-                self.headers.get("Content-Length"), self.server.app.options.max_body_bytes
-            )
-        except rq.RequestError as err:
-            self._refuse_body(err.status, err.message)
-            return
-        self.connection.settimeout(READ_TIMEOUT_S)
-        body = self.rfile.read(size)
-        if len(body) < size:
-            self.close_connection = True
-            return  # the client went away mid-body: nobody to answer
-        attributes = ";".join(filter(None, [self.headers.get(CUSTOM_ATTRIBUTES), url.query]))
-        self._send(
-            *self.server.app.invoke(
-                body, self.headers.get("Content-Type"), self.headers.get("Accept"), attributes
-            )
-        )
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-    def do_PUT(self) -> None:  # noqa: N802
-        self._refuse_body(rq.METHOD_NOT_ALLOWED, "use GET /ping or POST /invocations")
-
-    do_DELETE = do_PATCH = do_PUT  # noqa: N815
-
-    def _refuse_body(self, status: int, message: str) -> None:
-        """Answers without reading the body, then closes the connection.
-
-        The body still on its way is discarded for at most :data:`LINGER_S` (a lingering close,
-        as nginx does): closing on unread data resets the connection, and a client still
-        sending would see the reset instead of the answer.
-        """
-        self.close_connection = True
-        self._error(status, message)
-        self.wfile.flush()
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(LINGER_S)
-            deadline = time.monotonic() + LINGER_S
-            while time.monotonic() < deadline and self.connection.recv(LINGER_CHUNK_BYTES):
-                pass
-        except OSError:
-            pass  # the client is gone or slow: nothing more to do for it
-
-    def _error(self, status: int, message: str) -> None:
-        self._send(status, rq.RequestError(status, message).to_dict())
-
-    def _send(self, status: int, document: dict[str, Any]) -> None:
-        payload = rq.encode_json(document)
-        self.send_response(status)
-        self.send_header("Content-Type", rq.JSON_TYPE)
-        self.send_header("Content-Length", str(len(payload)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], app: ServingApp) -> None:
-        self.app = app
-        super().__init__(address, _Handler)
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            return True
+        if self.drain_deadline is None:
+            return False
+        if self.serving.in_flight == 0:
+            return True
+        if time.monotonic() >= self.drain_deadline:
+            log.warning("shutdown bound reached with %d in flight", self.serving.in_flight)
+            return True
+        return False
 
 
 class AsrServer:
-    """A running (or ready to run) HTTP server around a :class:`ServingApp`."""
+    """A running (or ready to run) uvicorn server around a :class:`ServingApp`."""
 
-    def __init__(self, app: ServingApp, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    def __init__(
+        self,
+        app: ServingApp,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        sock: socket.socket | None = None,
+        access_log: bool = False,
+    ) -> None:
         """
         Args:
             app: the logic to serve.
             host: interface to listen on (``0.0.0.0`` in a container).
             port: TCP port (0: any free port; see :attr:`port`).
+            sock: an already listening socket (a worker of a :class:`WorkerPool`).
+            access_log: log a line per request (uvicorn's access log).
         """
         self.app = app
-        self.httpd = _Server((host, port), app)
+        self.socket = sock if sock is not None else bind_socket(host, port)
+        options = app.options
+        config = uvicorn.Config(
+            create_app(app),
+            lifespan="off",
+            log_config=None,
+            access_log=access_log,
+            timeout_keep_alive=options.keep_alive_s,
+            timeout_graceful_shutdown=CLOSE_GRACE_S,
+            limit_concurrency=options.max_connections,
+            ws_max_size=options.max_body_bytes,
+        )
+        self._uvicorn = _Uvicorn(config, app)
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return int(self.httpd.server_address[1])
+        return int(self.socket.getsockname()[1])
 
     @property
     def url(self) -> str:
-        host = self.httpd.server_address[0]
+        host = self.socket.getsockname()[0]
         return f"http://{host}:{self.port}"
 
     def serve_forever(self) -> None:
-        """Serves until :meth:`shutdown` (or Ctrl-C in the caller)."""
-        self.httpd.serve_forever()
+        """Serves until drained (SIGTERM, Ctrl-C, :meth:`drain`) or :meth:`shutdown`."""
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            self.app.close()
 
     def start(self) -> AsrServer:
-        """Serves in a background thread (tests, benchmarks)."""
+        """Serves in a background thread (tests, benchmarks); returns once it listens."""
         self._thread = threading.Thread(target=self.serve_forever, name="asr-http", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start (see the log above)")
+            time.sleep(0.01)
         return self
 
-    def shutdown(self) -> None:
+    def drain(self) -> None:
+        """What SIGTERM does: 503 to new requests, exit once those in flight are answered."""
+        self._uvicorn.begin_drain()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Waits for a :meth:`start`-ed server to exit; whether it did."""
         if self._thread is not None:
-            self.httpd.shutdown()
+            self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
+
+    def shutdown(self) -> None:
+        """Stops now (requests in flight get :data:`CLOSE_GRACE_S`)."""
+        self._uvicorn.should_exit = True
+        if self._thread is not None:
             self._thread.join()
-        self.httpd.server_close()
-        self.app.close()
+        else:
+            self.app.close()
+        self.socket.close()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What each worker loads (picklable: workers are spawned processes)."""
+
+    path: str
+    backend: BackendName = "auto"
+    onnx_file: str = ONNX_FILE
+    num_threads: int | None = None
+    batch_size: int = 8
+    decoding: DecodingOptions | None = None
+    chunking: ChunkOptions = DEFAULT_CHUNKING
+
+    def load(self) -> Transcriber:
+        if self.backend != "onnx" and self.num_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+        return load_transcriber(
+            self.path,
+            backend=self.backend,
+            onnx_file=self.onnx_file,
+            num_threads=self.num_threads,
+            batch_size=self.batch_size,
+            decoding=self.decoding,
+            chunking=self.chunking,
+        )
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int | None:
+    """Model threads of each of ``workers`` processes: the cores shared out (``None`` for one
+    worker: the runtime's default, every core)."""
+    if workers <= 1:
+        return None
+    return max(1, (cores or os.cpu_count() or 1) // workers)
+
+
+def _worker_main(spec: ModelSpec, options: ServeOptions, sock: socket.socket) -> None:
+    """One worker of a :class:`WorkerPool`: load the model, serve the shared socket."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    server = AsrServer(ServingApp(spec.load(), options), sock=sock)
+    server.serve_forever()
+
+
+@dataclass
+class WorkerPool:
+    """``workers`` processes serving one socket; SIGTERM drains them all."""
+
+    spec: ModelSpec
+    options: ServeOptions
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    workers: int = 2
+    socket: socket.socket = field(init=False)
+    _stopping: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        self.socket = bind_socket(self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def run(self) -> int:
+        """Serves until SIGTERM/Ctrl-C, then drains every worker; 0 if all exited cleanly."""
+        metrics_dir = tempfile.mkdtemp(prefix="asr-lightning-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by every worker
+        context = multiprocessing.get_context("spawn")  # no forked threads of torch/onnxruntime
+        processes = [self._start(context) for _ in range(self.workers)]
+        previous = {sig: signal.signal(sig, self._stop) for sig in SHUTDOWN_SIGNALS}
+        try:
+            while not self._stopping:
+                time.sleep(WORKER_POLL_S)
+                for index, process in enumerate(processes):
+                    if not process.is_alive() and not self._stopping:
+                        log.error("worker %d exited (%s): restarting it", process.pid,
+                                  process.exitcode)  # fmt: skip
+                        _mark_dead(process.pid)
+                        processes[index] = self._start(context)
+            for process in processes:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.options.shutdown_timeout_s + WORKER_KILL_GRACE_S
+            for process in processes:
+                process.join(max(0.0, deadline - time.monotonic()))
+                if process.is_alive():
+                    log.error("worker %d did not stop in time: killing it", process.pid)
+                    process.kill()
+                    process.join()
+            return 0 if all(p.exitcode == 0 for p in processes) else 1
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.socket.close()
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _start(self, context: multiprocessing.context.SpawnContext) -> multiprocessing.Process:
+        process = context.Process(
+            target=_worker_main, args=(self.spec, self.options, self.socket), daemon=False
+        )
+        process.start()
+        return process
+
+    def _stop(self, sig: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+
+def _mark_dead(pid: int | None) -> None:
+    """Drop a dead worker's live gauges from the shared metrics."""
+    if pid is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

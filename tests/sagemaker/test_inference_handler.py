@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from asr_lightning.sagemaker.model_dir import complete_model_dir
+from asr_lightning.serve.app import ServingApp
 from asr_lightning.serve.requests import RequestError
-from asr_lightning.serve.server import ServingApp
 from tests.model.tiny import scratch_module
 from tests.training_support import load_handler
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from asr_lightning.inference.transcriber import Transcriber
+from asr_lightning.serve.app import ServeOptions, ServingApp
 from asr_lightning.serve.batching import BatchOptions
 from asr_lightning.serve.requests import parse_request
-from asr_lightning.serve.server import AsrServer, ServeOptions, ServingApp
+from asr_lightning.serve.server import AsrServer
 from tests.model.tiny import scratch_module
 
 REPO = Path(__file__).resolve().parents[2]
