@@ -255,8 +255,8 @@ def _serve_parser() -> Any:
                         help="at SIGTERM, requests in flight get this long to finish")  # fmt: skip
     parser.add_argument("--keep-alive-s", type=float, default=KEEP_ALIVE_S,
                         help="idle keep-alive connections are closed after this")  # fmt: skip
-    parser.add_argument("--max-connections", type=int | None, default=None,
-                        help="connections beyond this get 503 (default: no cap)")  # fmt: skip
+    parser.add_argument("--max-concurrent", type=int | None, default=None,
+                        help="requests answered at once beyond this get 503")  # fmt: skip
     parser.add_argument("--access-log", action="store_true", help="log a line per request")
     parser.add_class_arguments(BatchOptions, "batching")
     _runtime_arguments(parser)
@@ -287,7 +287,7 @@ def serve_main(argv: Sequence[str]) -> int:
         read_timeout_s=args.read_timeout_s,
         shutdown_timeout_s=args.shutdown_timeout_s,
         keep_alive_s=args.keep_alive_s,
-        max_connections=args.max_connections,
+        max_concurrent=args.max_concurrent,
     )
     routes = "POST /invocations, GET /ping, GET /metrics"
     if args.workers > 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -53,8 +54,9 @@ class ServeOptions:
     """Bound on draining at SIGTERM: requests in flight get this long to finish."""
     keep_alive_s: float = KEEP_ALIVE_S
     """Seconds an idle keep-alive connection is kept."""
-    max_connections: int | None = None
-    """Concurrent connections (and streams) beyond which new ones get 503 (``None``: no cap)."""
+    max_concurrent: int | None = None
+    """Requests and streams answered at once beyond which new ones get 503 (``None``: no
+    cap). Idle and slow connections cost a socket each, not a thread, and are not counted."""
 
     def __post_init__(self) -> None:
         for name in ("request_timeout_s", "read_timeout_s", "shutdown_timeout_s", "keep_alive_s"):
@@ -62,8 +64,8 @@ class ServeOptions:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_body_bytes < 1:
             raise ConfigError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
-        if self.max_connections is not None and self.max_connections < 1:
-            raise ConfigError(f"max_connections must be >= 1, got {self.max_connections}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
 
 
 class ServingApp:
@@ -90,11 +92,17 @@ class ServingApp:
         """200 while serving; 503 while draining, so that a load balancer stops sending."""
         if self.draining:
             return rq.UNAVAILABLE, self.draining_error().to_dict()
-        return 200, {"status": "ok", "backend": self.transcriber.backend.name}
+        return 200, {"status": "ok", "backend": self.transcriber.backend.name, "pid": os.getpid()}
 
     @staticmethod
     def draining_error() -> rq.RequestError:
         return rq.RequestError(rq.UNAVAILABLE, "the server is shutting down: retry elsewhere")
+
+    def busy_error(self) -> rq.RequestError:
+        return rq.RequestError(
+            rq.UNAVAILABLE,
+            f"{self.options.max_concurrent} requests are being answered already: retry later",
+        )
 
     def submit(self, audio: np.ndarray) -> Future:
         """A future of one clip's :class:`Transcript`, from the batcher."""

@@ -176,6 +176,11 @@ class _Observed:
                 status["code"] = message["status"]
             await send(message)
 
+        limit = serving.options.max_concurrent
+        if limit is not None and serving.in_flight >= limit:
+            await self._refuse(scope, receive, send, serving.busy_error())
+            metrics.requests.labels(path, str(rq.UNAVAILABLE)).inc()
+            return
         serving.in_flight += 1
         metrics.in_flight.inc()
         try:
@@ -186,3 +191,19 @@ class _Observed:
             if scope["type"] == "http":
                 metrics.requests.labels(path, str(status["code"])).inc()
                 metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, error: rq.RequestError) -> None:
+        if scope["type"] == "http":
+            await RefusalResponse(error.status, error.message)(scope, receive, send)
+        else:  # a WebSocket handshake: refused with the HTTP answer
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": error.status,
+                    "headers": [(b"content-type", rq.JSON_TYPE.encode())],
+                }
+            )
+            await send(
+                {"type": "websocket.http.response.body", "body": rq.encode_json(error.to_dict())}
+            )

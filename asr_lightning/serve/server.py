@@ -3,7 +3,7 @@
 :class:`AsrServer` runs :func:`asr_lightning.serve.asgi.create_app` on a uvicorn server over a
 socket it binds itself (port 0 picks a free port, known before the server starts). An event
 loop holds every connection, so a slow or idle client costs a socket, not a thread; bodies that
-do not arrive in time get 408, and ``max_connections`` caps connections with 503 beyond it.
+do not arrive in time get 408, and ``max_concurrent`` caps requests answered at once (503).
 
 Graceful shutdown: the first SIGTERM (or Ctrl-C) makes the app drain: ``/ping`` and new
 requests get 503 while requests and streams in flight finish; the server exits when none is
@@ -153,7 +153,6 @@ class AsrServer:
             access_log=access_log,
             timeout_keep_alive=options.keep_alive_s,
             timeout_graceful_shutdown=CLOSE_GRACE_S,
-            limit_concurrency=options.max_connections,
             ws_max_size=options.max_body_bytes,
         )
         self._uvicorn = _Uvicorn(config, app)

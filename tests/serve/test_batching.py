@@ -84,3 +84,17 @@ def test_queued_clips_are_run_before_close_returns_and_later_ones_refused():
 def test_invalid_options(kwargs):
     with pytest.raises(ConfigError):
         BatchOptions(**kwargs)
+
+
+def test_each_call_is_reported_with_the_queue_left_behind():
+    seen: list[tuple[int, int]] = []
+    model = _Model(delay_s=0.05)
+    batcher = DynamicBatcher(
+        model, BatchOptions(max_batch_size=2, max_wait_ms=20), on_batch=lambda *a: seen.append(a)
+    )
+    futures = [batcher.submit(_clip(i)) for i in range(5)]
+    assert [f.result(timeout=10) for f in futures] == list(range(5))
+    batcher.close()
+    assert [size for size, _ in seen] == model.calls and sum(model.calls) == 5
+    assert seen[0][1] == 3  # two taken by the first call, three still waiting
+    assert batcher.queue_depth == 0

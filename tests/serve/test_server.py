@@ -6,6 +6,7 @@ import base64
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -198,33 +199,167 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_cli_serve_subprocess(model_folder, encoded):
+def _serve(model_folder: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """``asr-lightning serve`` in a subprocess, once it answers /ping."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "asr_lightning.cli", "serve", str(model_folder)]
     process = subprocess.Popen(
-        [*command, "--port", str(port), "--batching.max_batch_size", "1"],
+        [*command, "--port", str(port), *options],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=5) as response:
+                assert response.status == 200
+            return process, url
+        except (urllib.error.URLError, OSError):  # refused, or queued until a worker is up
+            if process.poll() is not None:
+                raise AssertionError(process.stdout.read().decode()) from None
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.5)
+
+
+class _HalfSent:
+    """A POST whose headers and first half of the body are sent; :meth:`finish` sends the rest."""
+
+    def __init__(self, url: str, body: bytes, content_type: str = "audio/wav") -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.connection.putrequest("POST", "/invocations")
+        self.connection.putheader("Content-Type", content_type)
+        self.connection.putheader("Content-Length", str(len(body)))
+        self.connection.endheaders()
+        self.rest = body[len(body) // 2 :]
+        self.connection.send(body[: len(body) // 2])
+
+    def finish(self) -> tuple[int, dict]:
+        self.connection.send(self.rest)
+        return self.answer()
+
+    def answer(self) -> tuple[int, dict]:
+        response = self.connection.getresponse()
+        answer = json.loads(response.read())
+        self.connection.close()
+        return response.status, answer
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits(model_folder, encoded):
+    process, url = _serve(model_folder, "--batching.max_batch_size", "1")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=5) as response:
-                    assert response.status == 200
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert process.poll() is None, process.stdout.read().decode()
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.5)
-        status, answer = _post(url + "/invocations", encoded["wav"], "audio/x-wav")
+        in_flight = _HalfSent(url, encoded["wav"])
+        time.sleep(0.3)  # the server has read the headers: the request is in flight
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert _post(url + "/invocations", encoded["wav"], "audio/wav")[0] == 503
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(url + "/ping", timeout=5)
+        assert caught.value.code == 503  # load balancers stop sending
+        status, answer = in_flight.finish()
         assert status == 200 and answer["text"]
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10  # it left once nothing was in flight
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        process.kill()
+        process.wait()
+
+
+def test_draining_exits_at_its_bound_with_a_client_that_never_finishes(transcriber, encoded):
+    options = ServeOptions(shutdown_timeout_s=1.0)
+    running = AsrServer(ServingApp(transcriber, options), "127.0.0.1", 0).start()
+    stuck = _HalfSent(running.url, encoded["wav"])
+    _wait_for(lambda: running.app.in_flight == 1)
+    started = time.monotonic()
+    running.drain()
+    assert running.wait(timeout_s=10)
+    assert 0.9 < time.monotonic() - started < 5
+    stuck.connection.close()
+
+
+def test_a_slow_client_gets_408_without_holding_up_the_others(transcriber, encoded):
+    options = ServeOptions(read_timeout_s=1.0)
+    running = AsrServer(ServingApp(transcriber, options), "127.0.0.1", 0).start()
+    try:
+        slow = _HalfSent(running.url, encoded["wav"])  # never sends the second half
+        started = time.monotonic()
+        assert _post(running.url + "/invocations", encoded["wav"], "audio/wav")[0] == 200
+        assert time.monotonic() - started < 1.0  # served while the slow one waits
+        status, answer = slow.answer()
+        assert status == 408 and "did not arrive within 1 s" in answer["error"]
+        assert time.monotonic() - started >= 0.9
+    finally:
+        running.shutdown()
+
+
+def test_requests_beyond_the_concurrency_cap_get_503(transcriber, encoded):
+    options = ServeOptions(max_concurrent=1)
+    running = AsrServer(ServingApp(transcriber, options), "127.0.0.1", 0).start()
+    try:
+        holding = _HalfSent(running.url, encoded["wav"])
+        _wait_for(lambda: running.app.in_flight == 1)
+        status, answer = _post(running.url + "/invocations", encoded["wav"], "audio/wav")
+        assert status == 503 and "1 requests are being answered" in answer["error"]
+        assert holding.finish()[0] == 200
+        assert _post(running.url + "/invocations", encoded["wav"], "audio/wav")[0] == 200
+    finally:
+        running.shutdown()
+
+
+def test_metrics_count_requests_latency_batches_and_audio(server, encoded, speech):
+    from tests.serve.test_metrics import scrape
+
+    before = scrape(server.url)
+    for body, kind in ((encoded["wav"], "audio/wav"), (encoded["flac"], "audio/flac")):
+        assert _post(server.url + "/invocations", body, kind)[0] == 200
+    assert _post(server.url + "/endpoints/x/invocations", b"RIFF", "audio/wav")[0] == 400
+    after = scrape(server.url)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("asr_requests_total", path="/invocations", status="200") == 2
+    assert grew("asr_requests_total", path="/invocations", status="400") == 1
+    assert grew("asr_request_duration_seconds_count", path="/invocations") == 3
+    assert grew("asr_batch_size_count") >= 1 and grew("asr_batch_size_sum") == 2
+    assert grew("asr_audio_seconds_total") == pytest.approx(2 * speech.size / 16_000, abs=0.01)
+    assert after[("asr_queue_depth", ())] == 0
+    assert after[("asr_requests_in_flight", ())] == 1  # the scrape itself
+
+
+def test_workers_share_the_port_and_their_metrics(model_folder, encoded):
+    process, url = _serve(model_folder, "--workers", "2")
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 120
+        while len(pids) < 2:  # each connection goes to whichever worker accepts it first
+            with urllib.request.urlopen(url + "/ping", timeout=60) as response:
+                pids.add(json.loads(response.read())["pid"])
+            assert time.monotonic() < deadline, f"one worker answered: {pids}"
+        assert process.pid not in pids
+        for _ in range(4):
+            assert _post(url + "/invocations", encoded["wav"], "audio/wav")[0] == 200
+        from tests.serve.test_metrics import scrape
+
+        counts = scrape(url)  # any worker answers for all of them
+        assert counts[("asr_requests_total", (("path", "/invocations"), ("status", "200")))] == 4
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_mixed_load_from_eight_clients_drops_nothing(server, encoded, transcriber):
