@@ -138,6 +138,11 @@ def _export_parser() -> Any:
     )
     parser.add_argument("model", type=str, help="Hugging Face model folder, hub id or .ckpt")
     parser.add_argument("--output", type=Path, required=True, help="ONNX folder to write")
+    parser.add_argument(
+        "--format", type=Literal["onnx", "sherpa-onnx"], default="onnx",
+        help="onnx: asr-lightning's ONNX folder; sherpa-onnx: model.onnx and tokens.txt for "
+        "sherpa-onnx's NeMo CTC recognizer (log-mel models)",
+    )  # fmt: skip
     parser.add_argument("--quantize", type=Literal["int8"] | None, default=None,
                         help="also write the INT8 model")  # fmt: skip
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
@@ -157,6 +162,21 @@ def export_main(argv: Sequence[str]) -> int:
     parser = _export_parser()
     args = parser.parse_args(list(argv))
     decoding = _decoding(parser, argv, args.model)
+    if args.format == "sherpa-onnx":
+        from asr_lightning.errors import ConfigError
+        from asr_lightning.export.sherpa import export_sherpa
+
+        if args.quantize:
+            raise ConfigError("--quantize is for --format onnx; sherpa-onnx gets the fp32 model")
+        sherpa = export_sherpa(
+            args.model,
+            args.output,
+            opset=args.opset,
+            check_audio=expand_audio_args(args.check_audio),
+            decoding=decoding,
+        )
+        print(json.dumps(sherpa.to_dict(), indent=2) if args.json else sherpa.render())
+        return 0
     report = export_onnx(
         args.model,
         args.output,

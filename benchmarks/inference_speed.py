@@ -1,4 +1,4 @@
-"""Inference speed and accuracy on a test manifest: PyTorch eager vs onnxruntime fp32 vs int8.
+"""Inference speed and accuracy on a test manifest: PyTorch eager, onnxruntime, sherpa-onnx.
 
     python benchmarks/inference_speed.py --model runs/an4/.../hf_model \
         --manifest manifests/an4/test.jsonl --onnx-dir /tmp/an4_onnx \
@@ -9,7 +9,10 @@ and left out): the real-time factor (processing seconds / audio seconds) of the 
 transcriber (features, model, greedy decoding) and of the model alone, the WER of each runtime,
 and how many transcripts are identical to PyTorch's. The runtimes take turns round by round,
 and each row gives the median round (``rtf_runs`` holds every round). With ``--lm`` it also
-scores beam search without and with the language model on the fp32 ONNX logits.
+scores beam search without and with the language model on the fp32 ONNX logits. For
+log-mel (Parakeet) models a last row runs the ``--format sherpa-onnx`` export of the same model
+in sherpa-onnx (its own front end and greedy search), timed after the others (``--no-sherpa``
+leaves it out).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from asr_lightning.audio.decode import load_audio
 from asr_lightning.decoding.decoder import CTCDecoder
 from asr_lightning.decoding.lm import load_lm
 from asr_lightning.decoding.options import DEFAULT_DECODING, DecodingOptions
+from asr_lightning.errors import ModelError
 from asr_lightning.export.onnx import export_onnx, quantize_int8
+from asr_lightning.export.sherpa import TOKENS_FILE, export_sherpa
 from asr_lightning.inference.chunking import ChunkOptions
 from asr_lightning.inference.transcriber import (
     FEATURE_THREADS,
@@ -278,6 +283,61 @@ def _runtimes(args, torch_transcriber: Transcriber, audios, references) -> list[
     return rows
 
 
+def _sherpa_row(args, audios, references) -> dict | None:
+    """sherpa-onnx's offline NeMo CTC recognizer on the same model (``--format sherpa-onnx``):
+    its own front end, its greedy search, batches of ``--batch-size`` clips sorted by length.
+    Timed after the other runtimes, over as many rounds (median)."""
+    import sherpa_onnx
+
+    folder = args.onnx_dir / "sherpa-onnx"
+    try:
+        report = export_sherpa(args.model, folder)
+    except ModelError as err:
+        print(f"no sherpa-onnx row: {err}", file=sys.stderr)
+        return None
+    recognizer = sherpa_onnx.OfflineRecognizer.from_nemo_ctc(
+        model=str(folder / ONNX_FILE),
+        tokens=str(folder / TOKENS_FILE),
+        feature_dim=report.feature_dim,
+        num_threads=args.threads,
+    )
+    order = sorted(range(len(audios)), key=lambda i: audios[i].size, reverse=True)
+
+    def transcribe() -> list[str]:
+        texts = [""] * len(audios)
+        for first in range(0, len(order), args.batch_size):
+            rows = order[first : first + args.batch_size]
+            streams = []
+            for i in rows:
+                stream = recognizer.create_stream()
+                stream.accept_waveform(16_000, audios[i])
+                streams.append(stream)
+            recognizer.decode_streams(streams)
+            for i, stream in zip(rows, streams, strict=True):
+                texts[i] = " ".join(stream.result.text.split())
+        return texts
+
+    transcribe()  # warm-up
+    runs = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        texts = transcribe()
+        runs.append(time.perf_counter() - start)
+    audio_seconds = sum(a.size for a in audios) / 16_000
+    seconds = float(np.median(runs))
+    row = {
+        "runtime": f"sherpa-onnx {sherpa_onnx.__version__} (NeMo CTC, its own front end)",
+        "rtf": seconds / audio_seconds,
+        "wer": _wer(references, texts),
+        "seconds": seconds,
+        "audio_seconds": audio_seconds,
+        "rtf_runs": [r / audio_seconds for r in runs],
+        "texts": texts,
+    }
+    print(f"{row['runtime']}: RTF {row['rtf']:.5f}, WER {row['wer']:.2f}")
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="Hugging Face model folder or .ckpt")
@@ -302,6 +362,12 @@ def main() -> int:
     parser.add_argument(
         "--long-s", type=float, default=120.0, help="long-audio check length (0: no check)"
     )
+    parser.add_argument(
+        "--sherpa",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add sherpa-onnx's row (log-mel models; exported to ONNX_DIR/sherpa-onnx)",
+    )
     parser.add_argument("--result", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -320,13 +386,18 @@ def main() -> int:
         file=sys.stderr,
     )
     results = _runtimes(args, torch_transcriber, audios, references)
+    sherpa = _sherpa_row(args, audios, references) if args.sherpa else None
+    results += [sherpa] if sherpa else []
     reference_texts = results[0]["texts"]
     for row in results:
+        texts = row.pop("texts")
         row["identical_to_pytorch"] = sum(
-            a == b for a, b in zip(row.pop("texts"), reference_texts, strict=True)
+            a == b for a, b in zip(texts, reference_texts, strict=True)
         )
+        row["cer_vs_pytorch"] = 100.0 * jiwer.cer(reference_texts, texts)
         row["speedup"] = results[0]["rtf"] / row["rtf"]
-        row["model_speedup"] = results[0]["model_rtf"] / row["model_rtf"]
+        if "model_rtf" in row:  # sherpa-onnx's row has no model-alone timing
+            row["model_speedup"] = results[0]["model_rtf"] / row["model_rtf"]
     output = {
         "clips": len(audios),
         "threads": args.threads,
