@@ -17,7 +17,7 @@ from asr_lightning.errors import ConfigError, DataSourceError
 from asr_lightning.report import plots
 from asr_lightning.report.audio import ClipEmbedder, Player
 from asr_lightning.report.page import SetReport, WorstUtterance, render_page
-from asr_lightning.report.records import EvaluationSet, read_predictions
+from asr_lightning.report.records import EvaluationSet, ScoredUtterance, read_predictions
 from asr_lightning.report.stats import (
     align,
     by_confidence,
@@ -75,11 +75,7 @@ def set_report(data: EvaluationSet, options: ReportOptions, clips: ClipEmbedder)
     if confidences:
         charts["Confidence against errors"] = plots.reliability(confidences)
     listed = [
-        WorstUtterance(
-            utt,
-            align(utt.reference, utt.hypothesis),
-            clips.player(utt.audio) if options.embed_audio else _linked(utt.audio),
-        )
+        WorstUtterance(utt, align(utt.reference, utt.hypothesis), _player(utt, options, clips))
         for utt in worst(utterances, options.worst)
     ]
     return SetReport(
@@ -100,10 +96,14 @@ def set_report(data: EvaluationSet, options: ReportOptions, clips: ClipEmbedder)
     )
 
 
-def _linked(audio: str | None) -> Player:
-    if audio is None:
+def _player(utt: ScoredUtterance, options: ReportOptions, clips: ClipEmbedder) -> Player:
+    """The clip embedded; linked when embedding is off or the run could not read it."""
+    if options.embed_audio and utt.unreadable is None:
+        return clips.player(utt.audio)
+    if utt.audio is None:
         return Player(None, False, "no audio file in the record")
-    return Player(Path(audio).absolute().as_uri(), False, "linked")
+    note = "linked" if utt.unreadable is None else "linked: the run could not read it"
+    return Player(Path(utt.audio).absolute().as_uri(), False, note)
 
 
 def write_report(

@@ -173,6 +173,4 @@ def _optional(row: dict[str, Any], key: str, kind: type, where: str) -> Any:
             return float(value)
     elif isinstance(value, kind):
         return value
-    raise DataSourceError(
-        f"{where}: {key} must be a {kind.__name__} or null, got {value!r}: {FIX}"
-    )
+    raise DataSourceError(f"{where}: {key} must be a {kind.__name__} or null, got {value!r}: {FIX}")

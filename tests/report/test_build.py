@@ -72,6 +72,7 @@ def test_the_numbers_in_the_page_are_the_files_numbers(two_sets: list[Path], tmp
     )  # fmt: skip
     assert 0 <= an4["calibration"]["expected_error"] <= 1
     assert other["calibration"]["utterances"] == 6  # the unreadable ones have no confidence
+    assert "linked: the run could not read it" in page  # not decoded again
     for chart in ("WER by duration", "WER by speaker", "Confidence against errors"):
         assert page.count(f'aria-label="{chart}') == 2
     wrong = [sum(r.get("word_errors", 0) > 0 for r in _records(path)) for path in two_sets]
