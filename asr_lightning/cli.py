@@ -1,7 +1,7 @@
 """The ``asr-lightning`` command.
 
-``fit|validate|test|predict`` are LightningCLI; ``data`` (and later ``export``, ``transcribe``,
-``serve``, ``sagemaker``) are plain subcommands on top of the same pure functions. This is one of
+``fit|validate|test|predict`` are LightningCLI; ``data``, ``export``, ``transcribe``, ``serve``,
+``sagemaker`` and ``report`` are plain subcommands on top of the same pure functions. This is one of
 the few places that reads the environment.
 """
 
@@ -22,7 +22,7 @@ from asr_lightning.errors import AsrLightningError
 log = logging.getLogger(__name__)
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TOOL_SUBCOMMANDS = ("data", "export", "transcribe", "serve", "sagemaker")
+TOOL_SUBCOMMANDS = ("data", "export", "transcribe", "serve", "sagemaker", "report")
 #: Default of ``serve --host`` (a container sets 0.0.0.0 here; see the Dockerfile).
 SERVE_HOST_ENV = "ASR_LIGHTNING_SERVE_HOST"
 #: Files from which ``transcribe`` shows a progress bar (on a terminal).
@@ -327,6 +327,36 @@ def serve_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _report_parser() -> Any:
+    from asr_lightning.report.build import ReportOptions
+
+    parser = _tool_parser(
+        "report",
+        "Write the evaluation report of test predictions: WER and CER per set, by duration and "
+        "speaker, frequent errors, the worst utterances with their audio, confidence against "
+        "errors; one self-contained HTML page.",
+    )
+    parser.add_argument(
+        "predictions", type=str, nargs="+",
+        help="predictions files of asr-lightning test (<run>/predictions/test_<set>.jsonl), "
+        "one per set",
+    )  # fmt: skip
+    parser.add_argument("--output", type=Path, default=Path("report.html"), help="page to write")
+    parser.add_class_arguments(ReportOptions, None)
+    return parser
+
+
+def report_main(argv: Sequence[str]) -> int:
+    from dataclasses import fields
+
+    from asr_lightning.report.build import ReportOptions, write_report
+
+    args = _report_parser().parse_args(list(argv))
+    options = ReportOptions(**{f.name: args[f.name] for f in fields(ReportOptions)})
+    print(write_report(args.predictions, args.output, options))
+    return 0
+
+
 def _configure_logging() -> None:
     """Our INFO messages on stderr; Lightning configures its own logger."""
     logger = logging.getLogger("asr_lightning")
@@ -351,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return transcribe_main(argv[1:])
         if command == "serve":
             return serve_main(argv[1:])
+        if command == "report":
+            return report_main(argv[1:])
         if command == "sagemaker":
             from asr_lightning.sagemaker.cli import sagemaker_main
 

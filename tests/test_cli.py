@@ -41,6 +41,7 @@ WAV2VEC2 = {
 MODEL = {"model_type": "wav2vec2", "config_overrides": WAV2VEC2, "learning_rate": 1e-5}
 PER_UTTERANCE = {
     "id", "reference", "hypothesis", "confidence", "word_errors", "ref_words", "char_errors",
+    "duration_s", "speaker", "audio",
 }  # fmt: skip
 
 
@@ -56,6 +57,13 @@ def fitted(tmp_path_factory) -> tuple[Path, Path]:
 
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _report_data(page: Path) -> dict:
+    """The numbers an evaluation report carries (see asr_lightning/report/page.py)."""
+    text = page.read_text(encoding="utf-8")
+    start = text.index('<script type="application/json" id="report-data">')
+    return json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
 
 
 def test_fit_writes_checkpoints_tensorboard_logs_config_and_hf_model(fitted):
@@ -93,6 +101,21 @@ def test_validate_test_and_predict_write_metrics_and_per_utterance_jsonl(fitted)
     assert all(PER_UTTERANCE <= set(r) for r in records)
     words = sum(r["ref_words"] for r in records)
     assert sum(r["word_errors"] for r in records) / words == pytest.approx(best_wer)
+    manifest = {row["id"]: row for row in _lines(directory / "eval.jsonl")}
+    for record in records:  # what the report groups by, from the data
+        row = manifest[record["id"]]
+        assert (record["speaker"], record["audio"]) == (row["speaker"], row["audio_filepath"])
+        assert record["duration_s"] == pytest.approx(row["duration"], abs=0.02)
+    # the report test writes next to its predictions agrees with the logged metrics
+    (reported,) = _report_data(tested / "predictions" / "report.html")["sets"]
+    assert (reported["name"], reported["utterances"]) == ("test", len(ids))
+    assert reported["wer"] == pytest.approx(last_scalar(tested, "test/wer"), rel=1e-6)
+    assert reported["cer"] == pytest.approx(last_scalar(tested, "test/cer"), rel=1e-6)
+    assert reported["word_errors"] == sum(r["word_errors"] for r in records)
+    page = directory / "again.html"
+    assert main(["report", str(tested / "predictions" / "test_test.jsonl"), "--output",
+                 str(page), "--worst", "2"]) == 0  # fmt: skip
+    assert _report_data(page) == _report_data(tested / "predictions" / "report.html")
     predictions = _lines(predicted / "predictions" / "predict_predict.jsonl")
     assert sorted(r["id"] for r in predictions) == ids
     assert all(isinstance(r["hypothesis"], str) for r in predictions)
@@ -129,6 +152,9 @@ def test_unreadable_test_audio_is_scored_whole_counted_and_listed(fitted, tmp_pa
     assert all(
         r["hypothesis"] == "" and r["word_errors"] == r["ref_words"] for r in unreadable.values()
     )
+    assert (unreadable["nan"]["duration_s"], unreadable["garbage"]["duration_s"]) == (0.5, None)
+    assert unreadable["garbage"]["audio"] == str(garbage)
+    assert unreadable["garbage"]["speaker"] is None and records[0]["speaker"]
     assert last_scalar(tested, "test/unreadable") == 2
     assert last_scalar(tested, "test/wer") == pytest.approx(_scored_wer(records))
     listed = next(str(w.message) for w in warned if "could not be read" in str(w.message))
@@ -139,6 +165,22 @@ def test_unreadable_test_audio_is_scored_whole_counted_and_listed(fitted, tmp_pa
     kept = [r for r in _lines(excluded / "predictions" / "test_test.jsonl") if "word_errors" in r]
     assert len(kept) == len(rows) - 2
     assert last_scalar(excluded, "test/wer") == pytest.approx(_scored_wer(kept))
+    (reported,) = _report_data(excluded / "predictions" / "report.html")["sets"]
+    assert (reported["utterances"], reported["scored"], reported["unreadable"]) == (
+        len(rows), len(rows) - 2, 2,
+    )  # fmt: skip
+    assert reported["wer"] == pytest.approx(last_scalar(excluded, "test/wer"), rel=1e-6)
+
+
+def test_report_names_a_bad_predictions_file_and_its_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no predictions file" in capsys.readouterr().err
+    bad = tmp_path / "test_bad.jsonl"
+    bad.write_text('{"id": "a", "reference": "A", "hypothesis": "A"}\nnot json\n')
+    assert main(["report", str(bad), "--output", str(tmp_path / "r.html")]) == 2
+    error = capsys.readouterr().err
+    assert f"asr-lightning: error: {bad}:2: not JSON" in error and "Traceback" not in error
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_test_scores_with_an_lm_and_its_jsonl_agrees(fitted, tmp_path):

@@ -21,7 +21,7 @@ LAYERS = [
     {"decoding"},
     {"inference"},
     {"export"},
-    {"serve", "sagemaker"},
+    {"serve", "sagemaker", "report"},
     {"training", "cli"},
     {"__init__"},
 ]

@@ -3,7 +3,8 @@
 The model's feature function (the one every inference runtime runs) pads the audio, or computes
 and pads its features, once per batch, in the DataLoader workers. Labels are padded with
 ``-100``, the value Hugging Face CTC heads ignore. Items the dataset could not load
-(``Skipped``) are listed in ``batch["skipped"]``, with their transcripts.
+(``Skipped``) are listed in ``batch["skipped"]``, with their transcripts. Every item also
+brings what an evaluation report shows of it (:func:`details`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,21 @@ def _is_skipped(item: Any) -> bool:
     return hasattr(item, "reason") and not hasattr(item, "audio")
 
 
+def details(item: Any) -> dict[str, Any]:
+    """``{"duration_s", "speaker", "audio"}`` of an ``Example`` or ``Skipped`` item: seconds of
+    its decoded audio (a skipped item's known duration, else ``None``), its speaker and its audio
+    file, each ``None`` when unknown; the per-utterance records carry them."""
+    if _is_skipped(item):
+        duration = getattr(item, "duration", None)
+    else:
+        duration = round(len(item.audio) / SAMPLE_RATE, 3)
+    return {
+        "duration_s": duration,
+        "speaker": getattr(item, "speaker", None),
+        "audio": getattr(item, "audio_path", None),
+    }
+
+
 #: ``audios -> {"inputs": (B, [1,] T) or (B, T, F) array, "attention_mask": (B, T) array}``: the
 #: one feature extraction every runtime shares (``asr_lightning.model.features.feature_function``).
 FeatureFunction = Callable[[Sequence[np.ndarray]], Mapping[str, np.ndarray]]
@@ -52,6 +68,8 @@ class CTCCollator:
     - ``ids``, ``texts``: lists of B strings; ``skipped``: list of ``(id, reason)``;
       ``skipped_texts``: the transcript of each skipped item (``""`` when unknown), so that an
       evaluation can score an unreadable utterance instead of dropping it.
+    - ``details``, ``skipped_details``: :func:`details` of each of the B items and of each
+      skipped item.
 
     When every item was skipped, the batch has ``B = 0`` rows and no time steps (input shape
     (0, 0), (0, 1, 0) or (0, 0, F)), and the training step should skip it.
@@ -73,7 +91,7 @@ class CTCCollator:
         return inputs, torch.as_tensor(np.asarray(features["attention_mask"])).long()
 
     def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
-        examples, skipped, skipped_texts = [], [], []
+        examples, skipped, skipped_texts, skipped_details = [], [], [], []
         for item in items:
             if _is_skipped(item):
                 skipped.append((item.id, item.reason))
@@ -83,8 +101,10 @@ class CTCCollator:
                 skipped_texts.append(item.text)
             else:
                 examples.append(item)
+                continue
+            skipped_details.append(details(item))
         if not examples:
-            return self._empty_batch(skipped, skipped_texts)
+            return self._empty_batch(skipped, skipped_texts, skipped_details)
 
         audios = [np.asarray(example.audio, dtype=np.float32) for example in examples]
         lengths = torch.tensor([audio.shape[0] for audio in audios], dtype=torch.long)  # (B,)
@@ -98,9 +118,16 @@ class CTCCollator:
             "texts": [example.text for example in examples],
             "skipped": skipped,
             "skipped_texts": skipped_texts,
+            "details": [details(example) for example in examples],
+            "skipped_details": skipped_details,
         }
 
-    def _empty_batch(self, skipped: list[tuple[str, str]], texts: list[str]) -> dict[str, Any]:
+    def _empty_batch(
+        self,
+        skipped: list[tuple[str, str]],
+        texts: list[str],
+        skipped_details: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         """A batch with zero rows, shaped like a real one (see the class docstring)."""
         if self._empty_shape is None:
             probe, _ = self._extract([np.zeros(_PROBE_SAMPLES, dtype=np.float32)])
@@ -117,6 +144,8 @@ class CTCCollator:
             "texts": [],
             "skipped": skipped,
             "skipped_texts": texts,
+            "details": [],
+            "skipped_details": skipped_details,
         }
 
 

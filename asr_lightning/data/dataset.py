@@ -34,6 +34,8 @@ class Example:
     audio: np.ndarray  # (n,) float32 mono at 16 kHz
     labels: list[int]
     text: str  # normalized reference
+    speaker: str | None = None
+    audio_path: str | None = None  # the file it was decoded from, if any (evaluation reports)
 
 
 @dataclass
@@ -43,6 +45,20 @@ class Skipped:
     id: str
     reason: str
     text: str = ""  # its normalized reference, so that an evaluation can still score it
+    speaker: str | None = None
+    audio_path: str | None = None
+    duration: float | None = None  # seconds, when known
+
+
+def audio_path(audio: str | bytes) -> str | None:
+    """The path of an item's audio, ``None`` for embedded bytes."""
+    return audio if isinstance(audio, str) else None
+
+
+def skipped_item(item: Item, reason: str) -> Skipped:
+    """:class:`Skipped` for ``item``, with what an evaluation report shows of it."""
+    duration = item.duration if item.duration > 0 else None  # 0: setup could not measure it
+    return Skipped(item.id, reason, item.text, item.speaker, audio_path(item.audio), duration)
 
 
 class ASRDataset(Dataset):
@@ -98,10 +114,10 @@ class ASRDataset(Dataset):
         except AsrLightningError as err:
             reason = getattr(err, "reason", str(err).splitlines()[0])
             log.debug("skipping %s: %s", item.id, reason)
-            return Skipped(item.id, f"decode failed: {reason}", item.text)
+            return skipped_item(item, f"decode failed: {reason}")
         except Exception as err:  # a worker must never die on one file
             log.warning("skipping %s: unexpected %s: %s", item.id, type(err).__name__, err)
-            return Skipped(item.id, f"decode failed: {type(err).__name__}", item.text)
+            return skipped_item(item, f"decode failed: {type(err).__name__}")
 
     def _decode_reason(self, index: int) -> np.ndarray | str:
         item = self.items[index]
@@ -114,10 +130,10 @@ class ASRDataset(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         item = self.items[index]
         if item.unreadable is not None:
-            return Skipped(item.id, item.unreadable, item.text)
+            return skipped_item(item, item.unreadable)
         if self.cache is not None:
             cached = self.cache.get(index)
-            audio = Skipped(item.id, cached, item.text) if isinstance(cached, str) else cached
+            audio = skipped_item(item, cached) if isinstance(cached, str) else cached
         else:
             audio = self._decode(item)
         if isinstance(audio, Skipped):
@@ -127,4 +143,5 @@ class ASRDataset(Dataset):
             audio = normalize_level(audio, self.level)
         if self.augmenter is not None:
             audio = self.augmenter(audio, np.random.default_rng([self.seed, epoch, index]))
-        return Example(item.id, audio, self.label_encoder(item.text), item.text)
+        labels = self.label_encoder(item.text)
+        return Example(item.id, audio, labels, item.text, item.speaker, audio_path(item.audio))

@@ -85,13 +85,15 @@ def prepare_chunk(
     kept, report = filter_utterances(rows, durations, job.rules, job.normalizer, job.label_count)
     table = ItemTableBuilder()
     for k in kept:
-        table.append_row(k.utterance.id, k.utterance.audio, k.text, k.duration)
+        utt = k.utterance
+        table.append_row(utt.id, utt.audio, k.text, k.duration, speaker=utt.speaker)
     unreadable = ItemTableBuilder()
     if job.keep_unreadable:
         for utt, duration in zip(rows, durations, strict=True):
             if isinstance(duration, AudioDecodeError):
                 reason = decode_reason(duration)
-                unreadable.append_row(utt.id, utt.audio, job.normalizer(utt.text), 0.0, reason)
+                text = job.normalizer(utt.text)
+                unreadable.append_row(utt.id, utt.audio, text, 0.0, reason, utt.speaker)
     return Prepared(table.finish(), unreadable.finish(), report, list(rows[:SAMPLE_ROWS]))
 
 
@@ -183,15 +185,17 @@ def raw_texts(rows: Iterable[Utterance], builder: ItemTableBuilder) -> Iterator[
     """The raw transcripts of ``rows``, keeping each row in ``builder`` (NaN: no duration)."""
     for utt in rows:
         duration = math.nan if utt.duration is None else utt.duration
-        builder.append_row(utt.id, utt.audio, utt.text, duration)
+        builder.append_row(utt.id, utt.audio, utt.text, duration, speaker=utt.speaker)
         yield utt.text
 
 
 def utterances(rows: ItemTable) -> Iterator[Utterance]:
     """The utterances of raw rows (NaN duration: none stated)."""
-    columns = zip(rows.ids, rows.audio, rows.texts, rows.durations.tolist(), strict=True)
-    for uid, audio, text, duration in columns:  # no Item per row
-        yield Utterance(str(uid), audio, str(text), None if math.isnan(duration) else duration)
+    durations = rows.durations.tolist()
+    columns = zip(rows.ids, rows.audio, rows.texts, durations, rows.speakers, strict=True)
+    for uid, audio, text, duration, speaker in columns:  # no Item per row
+        stated = None if math.isnan(duration) else duration
+        yield Utterance(str(uid), audio, str(text), stated, speaker)
 
 
 def chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:

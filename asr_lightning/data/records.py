@@ -43,6 +43,7 @@ class Item:
     text: str
     duration: float
     unreadable: str | None = None  # why setup could not read it (evaluation sets keep it)
+    speaker: str | None = None  # for per-speaker error rates in the evaluation report
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from asr_lightning.audio.augment import Augmenter, normalize_level
 from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend, load_audio
 from asr_lightning.data.bucketing import pack_by_seconds
-from asr_lightning.data.dataset import Example, LevelMode, Skipped
+from asr_lightning.data.dataset import Example, LevelMode, Skipped, audio_path
 from asr_lightning.data.filters import FilterRules, decode_reason, verdict
 from asr_lightning.data.sources import SourceConfig, iter_source
 from asr_lightning.errors import AudioDecodeError, ConfigError
@@ -137,10 +137,12 @@ class StreamingASRDataset(IterableDataset):
         for index, utt in enumerate(iter_source(self.source)):
             if index % shards != shard:
                 continue
+            path = audio_path(utt.audio)
             try:
                 audio = load_audio(utt.audio, SAMPLE_RATE, self.backends)
             except AudioDecodeError as err:
-                yield Skipped(utt.id, decode_reason(err), self.normalizer(utt.text)), 0.0
+                text = self.normalizer(utt.text)
+                yield Skipped(utt.id, decode_reason(err), text, utt.speaker, path), 0.0
                 continue
             seconds = audio.size / SAMPLE_RATE
             reason, text = verdict(utt, seconds, self.rules, self.normalizer, self.label_encoder)
@@ -152,7 +154,8 @@ class StreamingASRDataset(IterableDataset):
             if self.augmenter is not None:
                 rng = np.random.default_rng([self.seed, self.epoch, index])
                 audio = self.augmenter(audio, rng)
-            yield Example(utt.id, audio, self.label_encoder(text), text), seconds
+            labels = self.label_encoder(text)
+            yield Example(utt.id, audio, labels, text, utt.speaker, path), seconds
 
     def __iter__(self) -> Iterator[list[Example | Skipped]]:
         shards, shard = self._shard()

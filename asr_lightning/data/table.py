@@ -6,7 +6,9 @@ copies every page it reads into the worker (copy-on-read): each worker's private
 towards the size of the table over an epoch. Here every column is one buffer (strings as UTF-8
 bytes plus an offsets array, durations as float64), so reading a row touches no per-row object,
 workers share the pages with the main process, and the table of Common Voice English (about a
-million clips) takes about 100 MB. Rows are built into :class:`Item` objects on access.
+million clips) takes about 100 MB. Speakers are few and long (a Common Voice ``client_id`` is
+128 characters), so that column holds a code per row and each speaker's name once
+(:class:`CodedColumn`). Rows are built into :class:`Item` objects on access.
 """
 
 from __future__ import annotations
@@ -112,6 +114,83 @@ class StringColumn(Sequence[str | bytes]):
         return StringColumn(data, offsets, is_bytes)
 
 
+class CodedColumn(Sequence[str | None]):
+    """Optional strings that repeat (speakers): an ``int32`` code per row, each name once.
+
+    Args:
+        codes: One code per row, ``-1`` for a row without a value.
+        names: The distinct values; code ``c`` is ``names[c]``.
+    """
+
+    __slots__ = ("codes", "names")
+
+    def __init__(self, codes: np.ndarray, names: StringColumn) -> None:
+        self.codes = codes
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @overload
+    def __getitem__(self, index: int) -> str | None: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str | None]: ...
+    def __getitem__(self, index: int | slice) -> str | None | list[str | None]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        code = int(self.codes[index])
+        return None if code < 0 else str(self.names[code])
+
+    def __iter__(self) -> Iterator[str | None]:
+        names = list(self.names)  # the distinct values only
+        for code in self.codes.tolist():
+            yield None if code < 0 else names[code]
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.names.nbytes
+
+    def rows(self, start: int, stop: int) -> CodedColumn:
+        """Rows ``start:stop`` as a column of their own, with only the names they use."""
+        codes = self.codes[start:stop]
+        used = np.unique(codes[codes >= 0])
+        # one slot more than there are names, left at -1: code -1 maps to itself
+        remap = np.full(len(self.names) + 1, -1, dtype=np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        names = StringColumn.build(self.names[int(code)] for code in used)
+        return CodedColumn(remap[codes], names)
+
+    @classmethod
+    def concat(cls, columns: Sequence[CodedColumn]) -> CodedColumn:
+        """The rows of ``columns``, one after the other, each name once."""
+        index: dict[str | bytes, int] = {}
+        parts = []
+        for column in columns:
+            remap = np.array(
+                [index.setdefault(name, len(index)) for name in column.names] + [-1], np.int32
+            )
+            parts.append(remap[column.codes])  # code -1 takes the last slot: -1 again
+        codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        return CodedColumn(codes, StringColumn.build(index))
+
+
+class _CodedBuilder:
+    """Appends optional strings to a :class:`CodedColumn`, a code per row."""
+
+    def __init__(self) -> None:
+        self._codes = array("i")
+        self._index: dict[str, int] = {}
+
+    def append(self, value: str | None) -> None:
+        self._codes.append(-1 if value is None else self._index.setdefault(value, len(self._index)))
+
+    def finish(self) -> CodedColumn:
+        codes = np.frombuffer(self._codes, dtype=np.int32).copy()
+        column = CodedColumn(codes, StringColumn.build(self._index))
+        self.__init__()  # empty again
+        return column
+
+
 class _ColumnBuilder:
     """Appends strings to a growing buffer; :meth:`finish` freezes it into numpy arrays.
 
@@ -166,7 +245,7 @@ class ItemTable(Sequence[Item]):
     Build it with :class:`ItemTableBuilder` (or :meth:`from_items`); it is read-only.
     """
 
-    __slots__ = ("ids", "audio", "texts", "durations", "unreadable")
+    __slots__ = ("ids", "audio", "texts", "durations", "unreadable", "speakers")
 
     def __init__(
         self,
@@ -175,14 +254,16 @@ class ItemTable(Sequence[Item]):
         texts: StringColumn,
         durations: np.ndarray,
         unreadable: dict[int, str],
+        speakers: CodedColumn,
     ) -> None:
-        if not len(ids) == len(audio) == len(texts) == len(durations):
+        if not len(ids) == len(audio) == len(texts) == len(durations) == len(speakers):
             raise ValueError("the columns of an item table must have one row per item")
         self.ids = ids
         self.audio = audio
         self.texts = texts
         self.durations = durations
         self.unreadable = unreadable  # row -> reason: the few rows setup could not read
+        self.speakers = speakers
 
     @classmethod
     def from_items(cls, items: Iterable[Item]) -> ItemTable:
@@ -208,14 +289,14 @@ class ItemTable(Sequence[Item]):
             str(self.texts[index]),
             float(self.durations[index]),
             self.unreadable.get(index),
+            self.speakers[index],
         )
 
     def __iter__(self) -> Iterator[Item]:
         unreadable = self.unreadable
-        for index, (uid, audio, text, duration) in enumerate(
-            zip(self.ids, self.audio, self.texts, self.durations.tolist(), strict=True)
-        ):
-            yield Item(str(uid), audio, str(text), duration, unreadable.get(index))
+        columns = (self.ids, self.audio, self.texts, self.durations.tolist(), self.speakers)
+        for index, (uid, audio, text, duration, speaker) in enumerate(zip(*columns, strict=True)):
+            yield Item(str(uid), audio, str(text), duration, unreadable.get(index), speaker)
 
     def rows(self, start: int, stop: int) -> ItemTable:
         """Rows ``start:stop`` as a table of their own (copied: it pickles without the rest)."""
@@ -228,6 +309,7 @@ class ItemTable(Sequence[Item]):
             self.texts.rows(start, stop),
             self.durations[start:stop].copy(),
             unreadable,
+            self.speakers.rows(start, stop),
         )
 
     @classmethod
@@ -244,12 +326,13 @@ class ItemTable(Sequence[Item]):
             StringColumn.concat([t.texts for t in tables]),
             np.concatenate([t.durations for t in tables]) if tables else np.zeros(0),
             unreadable,
+            CodedColumn.concat([t.speakers for t in tables]),
         )
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the columns."""
-        columns = (self.ids, self.audio, self.texts)
+        columns = (self.ids, self.audio, self.texts, self.speakers)
         return sum(c.nbytes for c in columns) + self.durations.nbytes
 
 
@@ -262,12 +345,15 @@ class ItemTableBuilder:
         self._texts = _ColumnBuilder()
         self._durations = array("d")
         self._unreadable: dict[int, str] = {}
+        self._speakers = _CodedBuilder()
 
     def __len__(self) -> int:
         return len(self._durations)
 
     def append(self, item: Item) -> None:
-        self.append_row(item.id, item.audio, item.text, item.duration, item.unreadable)
+        self.append_row(
+            item.id, item.audio, item.text, item.duration, item.unreadable, item.speaker
+        )
 
     def append_row(
         self,
@@ -276,6 +362,7 @@ class ItemTableBuilder:
         text: str,
         duration: float,
         unreadable: str | None = None,
+        speaker: str | None = None,
     ) -> None:
         """:meth:`append` without an :class:`Item` (set-up appends a million rows)."""
         if unreadable is not None:
@@ -284,6 +371,7 @@ class ItemTableBuilder:
         self._audio.append(audio)
         self._texts.append(text)
         self._durations.append(duration)
+        self._speakers.append(speaker)
 
     def extend(self, items: Iterable[Item]) -> None:
         for item in items:
@@ -297,6 +385,7 @@ class ItemTableBuilder:
             self._texts.finish(),
             durations,
             dict(self._unreadable),
+            self._speakers.finish(),
         )
         self._durations, self._unreadable = array("d"), {}
         return table

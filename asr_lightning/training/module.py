@@ -5,8 +5,9 @@ The model is built in :meth:`CTCModule.configure_model`, not in ``__init__``: cr
 its device when a run starts.
 
 Batches are the dicts of :class:`asr_lightning.data.collate.CTCCollator`; this module reads
-``<model input>``, ``attention_mask``, ``input_lengths``, ``labels``, ``ids``, ``texts`` and
-``skipped``.
+``<model input>``, ``attention_mask``, ``input_lengths``, ``labels``, ``ids``, ``texts``,
+``skipped`` (with ``skipped_texts``) and, for the per-utterance records, ``details`` and
+``skipped_details``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from asr_lightning.training.loggers import loggable_hyperparameters, run_dir
 log = logging.getLogger(__name__)
 
 Stage = Literal["val", "test", "predict"]
+#: The evaluation report ``test`` writes next to its predictions.
+REPORT_FILE = "report.html"
 UnreadablePolicy = Literal["score", "exclude"]
 BLANK_ONLY_WARNING = (
     "every validation transcript has been empty for %d evaluations in a row: the model predicts "
@@ -337,21 +340,39 @@ class CTCModule(lightning.LightningModule):
                 index, [hyp for *_, hyp in scored], [ref for _, ref, _ in scored], self.device
             )
         if stage in self._records:
-            records = self._records[stage].setdefault(index, [])
-            rows = zip(batch["ids"], references, hypotheses, confidences, strict=True)
-            for uid, ref, hyp, confidence in rows:
-                record = {"id": uid, "hypothesis": hyp, "confidence": confidence}
-                if stage == "test" or ref:
-                    record |= {"reference": ref, **utterance_errors(ref, hyp)}
-                records.append(record)
-            for uid, ref, reason in unreadable:
-                record = {"id": uid, "hypothesis": "", "confidence": None, "unreadable": reason}
-                if (stage == "test" or ref) and self.hparams.unreadable == "score":
-                    record |= {"reference": ref, **utterance_errors(ref, "")}
-                elif stage == "test" or ref:
-                    record["reference"] = ref
-                records.append(record)
+            self._keep_records(stage, index, batch, references, hypotheses, confidences)
         return hypotheses
+
+    def _keep_records(
+        self,
+        stage: Stage,
+        index: int,
+        batch: dict[str, Any],
+        references: list[str],
+        hypotheses: list[str],
+        confidences: list[float | None],
+    ) -> None:
+        """Remember one per-utterance record per utterance of the batch, unreadable ones too:
+        transcripts, confidence, error counts, and the batch's ``details`` (duration, speaker,
+        audio file) for the evaluation report."""
+        records = self._records[stage].setdefault(index, [])
+        details = batch.get("details") or [{}] * len(hypotheses)
+        rows = zip(batch["ids"], references, hypotheses, confidences, details, strict=True)
+        for uid, ref, hyp, confidence, detail in rows:
+            record = {"id": uid, "hypothesis": hyp, "confidence": confidence}
+            if stage == "test" or ref:
+                record |= {"reference": ref, **utterance_errors(ref, hyp)}
+            records.append(record | detail)
+        skipped = batch.get("skipped") or []
+        texts = batch.get("skipped_texts") or [""] * len(skipped)
+        skipped_details = batch.get("skipped_details") or [{}] * len(skipped)
+        for (uid, reason), ref, detail in zip(skipped, texts, skipped_details, strict=True):
+            record = {"id": uid, "hypothesis": "", "confidence": None, "unreadable": reason}
+            if (stage == "test" or ref) and self.hparams.unreadable == "score":
+                record |= {"reference": ref, **utterance_errors(ref, "")}
+            elif stage == "test" or ref:
+                record["reference"] = ref
+            records.append(record | detail)
 
     def _unreadable_rows(
         self, stage: Stage, batch: dict[str, Any], index: int
@@ -462,16 +483,25 @@ class CTCModule(lightning.LightningModule):
         self._write_records("predict")
 
     def _write_records(self, stage: Stage) -> None:
-        """Write every rank's records to ``<run folder>/predictions/<stage>_<set>.jsonl``."""
+        """Write every rank's records to ``<run folder>/predictions/<stage>_<set>.jsonl`` and,
+        after test, the evaluation report of the sets with scored utterances next to them
+        (``predictions/report.html``)."""
         log_dir = run_dir(self.trainer)  # call on all ranks
         names = self._set_names(stage)
+        scored = []
         for index in range(self._num_sets(stage)):
             records = gather_records(self._records[stage].get(index, []))
             if self.trainer.is_global_zero:
                 path = log_dir / "predictions" / f"{stage}_{set_name(index, names)}.jsonl"
                 write_jsonl(path, records)
                 log.info("wrote %s transcripts to %s", len(records), path)
+                if any("word_errors" in record for record in records):
+                    scored.append(path)
         self._records[stage] = {}
+        if stage == "test" and scored:
+            from asr_lightning.report.build import write_report  # matplotlib: for test only
+
+            write_report(scored, log_dir / "predictions" / REPORT_FILE)
 
     # -- optimisation -----------------------------------------------------------------------
 

@@ -27,12 +27,18 @@ class Example:
     audio: np.ndarray
     labels: list[int]
     text: str
+    speaker: str | None = None
+    audio_path: str | None = None
 
 
 @dataclass
 class Skipped:
     id: str
     reason: str
+    text: str = ""
+    speaker: str | None = None
+    audio_path: str | None = None
+    duration: float | None = None
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,8 @@ def examples(shared_data: Path) -> list[Example]:
     for number, path in enumerate(paths):
         audio, rate = sf.read(str(path), dtype="float32")
         assert rate == 16_000
-        items.append(Example(path.stem, audio, list(range(3, 3 + 2 * number + 1)), path.stem))
+        labels = list(range(3, 3 + 2 * number + 1))
+        items.append(Example(path.stem, audio, labels, path.stem, path.parent.name, str(path)))
     assert len({len(item.audio) for item in items}) == 3
     return items
 
@@ -130,6 +137,20 @@ def test_empty_audio_and_empty_labels(examples: list[Example]) -> None:
     assert batch["skipped"] == [("silent", "empty audio")]
     assert batch["ids"] == ["nolabel"]
     assert batch["labels"].shape == (1, 0)
+
+
+def test_every_item_brings_its_duration_speaker_and_file(examples: list[Example]) -> None:
+    broken = Skipped("broken", "decode failed: x", "HELLO", "fjlp", "/x/broken.wav", 1.5)
+    batch = collator(Wav2Vec2FeatureExtractor())([*examples, broken, Skipped("bare", "x")])
+    assert batch["details"] == [
+        {"duration_s": round(len(e.audio) / 16_000, 3), "speaker": e.speaker, "audio": e.audio_path}
+        for e in examples
+    ]
+    assert batch["skipped_details"] == [
+        {"duration_s": 1.5, "speaker": "fjlp", "audio": "/x/broken.wav"},
+        {"duration_s": None, "speaker": None, "audio": None},
+    ]
+    assert collator(Wav2Vec2FeatureExtractor())([broken])["skipped_details"][0]["speaker"] == "fjlp"
 
 
 def test_bad_configuration_raises_config_error() -> None:

@@ -130,3 +130,18 @@ def test_forked_workers_share_the_cache_and_do_not_grow(tmp_path: Path) -> None:
     for worker_first, worker_last in zip(first, last, strict=True):
         assert worker_last < buffer_mb / 2, workers_uss  # private memory: no copy of the cache
         assert worker_last - worker_first < 8, workers_uss  # no growth across epochs
+
+
+def test_examples_and_skipped_items_keep_speaker_file_and_known_duration(items: list[Item]):
+    spoken = [Item(i.id, i.audio, i.text, i.duration, speaker=f"spk-{i.id}") for i in items]
+    dataset = ASRDataset(spoken, _labels, backends=BACKENDS)
+    first, broken = dataset[0], dataset[2]
+    assert isinstance(first, Example) and isinstance(broken, Skipped)
+    assert (first.speaker, first.audio_path) == ("spk-an4-0", items[0].audio)
+    assert (broken.speaker, broken.audio_path, broken.duration) == (
+        "spk-broken",
+        items[2].audio,
+        1.0,
+    )
+    unmeasured = ASRDataset([Item("u", b"RIFF", "a", 0.0, "decode failed: x")], _labels)[0]
+    assert unmeasured.audio_path is None and unmeasured.duration is None  # bytes, no duration

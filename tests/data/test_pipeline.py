@@ -110,6 +110,9 @@ def test_a_pool_over_spans_sets_up_what_one_process_does(tmp_path, small_chunks,
     assert sum(v for k, v in report.dropped.items() if k.startswith("decode failed")) == 231
     assert len(pooled.unreadable) == (231 if keep_unreadable else 0)
     assert len(pooled.sample) == pipeline.SAMPLE_ROWS and pooled.sample[0].id == "u0"
+    speakers = {u.id: u.speaker for u in iter_manifest(manifest, config)}
+    for item in [*pooled.table, *pooled.unreadable]:  # each row keeps its speaker
+        assert item.speaker == speakers[item.id] and item.speaker
 
 
 def test_a_pool_over_rows_read_before_sets_up_what_one_process_does(tmp_path, small_chunks):
@@ -121,6 +124,7 @@ def test_a_pool_over_rows_read_before_sets_up_what_one_process_does(tmp_path, sm
     rows = list(iter_manifest(manifest, config))
     assert [u.id for u in utterances(raw.table)] == [u.id for u in rows]
     assert [u.duration for u in utterances(raw.table)] == [u.duration for u in rows]
+    assert [u.speaker for u in utterances(raw.table)] == [u.speaker for u in rows]
     assert raw.characters == normalizer.characters(u.text for u in rows)
     assert {"É", "Ï"} <= raw.characters
     alone = join(prepare_table(job(tmp_path / "one", False), raw.table, workers=1))

@@ -10,13 +10,19 @@ import numpy as np
 import pytest
 
 from asr_lightning.data.records import Item
-from asr_lightning.data.table import ItemTable, ItemTableBuilder, StringColumn, as_table
+from asr_lightning.data.table import (
+    CodedColumn,
+    ItemTable,
+    ItemTableBuilder,
+    StringColumn,
+    as_table,
+)
 
 ITEMS = [
-    Item("a1", "/data/a 1.wav", "HELLO WORLD", 1.25),
+    Item("a1", "/data/a 1.wav", "HELLO WORLD", 1.25, speaker="spk-é"),
     Item("ß-2", b"RIFF\x00\x01binary", "ÉTÉ À PARIS", 3.5),  # embedded audio bytes, non-ASCII
-    Item("", "/data/c.flac", "", 0.0, unreadable="decode failed: NaN or infinite samples"),
-    Item("d4", "/data/d.opus", "\U0001f600 EMOJI", 17.999),
+    Item("", "/data/c.flac", "", 0.0, "decode failed: NaN or infinite samples", speaker="b"),
+    Item("d4", "/data/d.opus", "\U0001f600 EMOJI", 17.999, speaker="spk-é"),
 ]
 
 
@@ -44,6 +50,25 @@ def test_columns_are_flat_arrays_not_python_objects():
         assert isinstance(column._data, np.ndarray) and isinstance(column._offsets, np.ndarray)
     assert table.nbytes < as_objects / 4  # 80 bytes a row here, against 400 as objects
     assert list(table) == items
+
+
+def test_speakers_are_a_code_a_row_and_each_name_once_through_rows_and_concat():
+    table = ItemTable.from_items(ITEMS)
+    assert table.speakers.codes.tolist() == [0, -1, 1, 0] and list(table.speakers.names) == [
+        "spk-é",
+        "b",
+    ]
+    tail = table.rows(2, 4)  # only the names its rows use
+    assert list(tail) == ITEMS[2:] and sorted(tail.speakers.names) == ["b", "spk-é"]
+    joined = ItemTable.concat([tail, table.rows(0, 2), ItemTable.from_items([])])
+    assert list(joined) == ITEMS[2:] + ITEMS[:2]
+    assert sorted(joined.speakers.names) == ["b", "spk-é"]
+    assert list(CodedColumn.concat([])) == [] and len(table.rows(1, 2).speakers.names) == 0
+    # a Common Voice client_id is 128 characters; 10,000 rows of 20 speakers cost 4 bytes a row
+    many = ItemTable.from_items(
+        Item(f"u{i}", f"/c/{i}.mp3", "A", 1.0, speaker=f"{i % 20:0128x}") for i in range(10_000)
+    )
+    assert many.speakers.nbytes < 10_000 * 4 + 20 * 140
 
 
 def test_a_table_pickles_for_spawned_workers_and_stays_a_table():
