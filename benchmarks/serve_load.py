@@ -1,14 +1,19 @@
 """Load test of ``asr-lightning serve``: concurrent clients, valid and malformed audio.
 
     python benchmarks/serve_load.py                     # newest runs/**/hf_model, 300 requests
-    python benchmarks/serve_load.py --model DIR --requests 300 --clients 8 --write
+    python benchmarks/serve_load.py --model DIR --audio 'an4/wav/an4test_clstk/*/*.sph' --write
 
-For each setting (dynamic batching on: max batch 8, max wait 15 ms; off: max batch 1) it starts
-the server in a subprocess, sends the same shuffled mix of requests from ``--clients`` threads
-(about 20% malformed: garbage WAV, broken JSON, bad base64, unsupported type, oversize body),
-and checks that no answer is a 5xx, none is missing, every malformed request got its 4xx and
-every valid one its transcript, equal to the offline ``Transcriber``'s. It reports throughput
-and p50/p99 latency; ``--write`` puts the table in BENCHMARKS.md under "## Serving load test".
+For each setting it starts ``asr-lightning serve`` in a subprocess, sends the same shuffled mix
+of requests from ``--clients`` threads (about 20% malformed: garbage WAV, broken JSON, bad
+base64, unsupported type, oversize body), and checks that no answer is a 5xx, none is missing,
+every malformed request got its 4xx and every valid one its transcript, equal to the offline
+``Transcriber``'s. It reports throughput and p50/p99 latency; ``--write`` puts the table in
+BENCHMARKS.md under "## Serving load test".
+
+Settings: the ASGI server (uvicorn) with dynamic batching on (max batch 8, max wait 15 ms) and
+off, with two workers, and the baseline: the standard-library ``ThreadingHTTPServer`` this
+project served with before, run from its last commit (``--baseline-rev``, extracted with
+``git archive``) on the same model, requests and machine, interleaved run by run.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,8 +44,27 @@ from asr_lightning.serve.loading import load_transcriber
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Serving load test"
-#: (label, max batch size, max wait ms)
-SETTINGS = (("batching on", 8, 15.0), ("batching off", 1, 0.0))
+#: The last commit whose ``serve`` is the standard library's ThreadingHTTPServer.
+BASELINE_REV = "50a5957"
+CONTENT_TYPES = {".opus": "audio/ogg", ".ogg": "audio/ogg", ".wav": "audio/wav"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    label: str
+    baseline: bool  # the old server, from BASELINE_REV
+    max_batch: int
+    max_wait_ms: float
+    workers: int = 1
+
+
+SETTINGS = (
+    Setting("ASGI, batching on", False, 8, 15.0),
+    Setting("ASGI, batching off", False, 1, 0.0),
+    Setting("ASGI, 2 workers, batching on", False, 8, 15.0, workers=2),
+    Setting("stdlib (baseline), batching on", True, 8, 15.0),
+    Setting("stdlib (baseline), batching off", True, 1, 0.0),
+)
 MALFORMED_SHARE = 0.2
 MAX_BODY_MB = 1.0
 STARTUP_TIMEOUT_S = 180.0
@@ -51,6 +77,7 @@ class Request:
     content_type: str
     expected_status: int
     expected_text: str | None = None
+    expected_confidence: float | None = None
 
 
 def newest_model() -> Path:
@@ -64,7 +91,7 @@ def newest_model() -> Path:
 def build_requests(model: Path, clips: list[Path], total: int, seed: int) -> list[Request]:
     """Valid clips (Ogg files and base64 JSON) with their offline transcripts, and bad ones."""
     transcriber = load_transcriber(model)
-    texts = [r.text for r in transcriber.transcribe_arrays([load_audio(c) for c in clips])]
+    expected = transcriber.transcribe_arrays([load_audio(c) for c in clips])
     rng = random.Random(seed)
     malformed = [
         Request(b"RIFF" + os.urandom(2000), "audio/wav", 400),
@@ -80,11 +107,13 @@ def build_requests(model: Path, clips: list[Path], total: int, seed: int) -> lis
             continue
         which = rng.randrange(len(clips))
         data = clips[which].read_bytes()
+        text, confidence = expected[which].text, expected[which].confidence
         if rng.random() < 0.5:
-            requests.append(Request(data, "audio/ogg", 200, texts[which]))
+            kind = CONTENT_TYPES.get(clips[which].suffix, "application/octet-stream")
+            requests.append(Request(data, kind, 200, text, confidence))
         else:
             body = json.dumps({"audio": base64.b64encode(data).decode()}).encode()
-            requests.append(Request(body, "application/json", 200, texts[which]))
+            requests.append(Request(body, "application/json", 200, text, confidence))
     return requests
 
 
@@ -94,17 +123,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, max_batch: int, max_wait_ms: float):
+def extract_baseline(rev: str, into: Path) -> Path:
+    """The package as it was at ``rev`` (``git archive``), to run the old server from."""
+    archive = into / "baseline.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["git", "-C", str(REPO), "archive", rev, "asr_lightning"], stdout=out,
+                       check=True)  # fmt: skip
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "baseline", filter="data")
+    return into / "baseline"
+
+
+def start_server(model: Path, setting: Setting, code: Path):
     port = _free_port()
     command = [sys.executable, "-m", "asr_lightning.cli", "serve", str(model), "--port", str(port)]
     command += [
         "--batching.max_batch_size",
-        str(max_batch),
+        str(setting.max_batch),
         "--batching.max_wait_ms",
-        str(max_wait_ms),
+        str(setting.max_wait_ms),
     ]
     command += ["--max-body-mb", str(MAX_BODY_MB)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if setting.workers > 1:
+        command += ["--workers", str(setting.workers)]
+    env = {**os.environ, "PYTHONPATH": str(code)}
     log = open(f"/tmp/serve_load_{port}.log", "w")  # noqa: SIM115 (lives with the process)
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -113,7 +155,7 @@ def start_server(model: Path, max_batch: int, max_wait_ms: float):
         try:
             with urllib.request.urlopen(url + "/ping", timeout=5):
                 return process, url, log.name
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, OSError):  # refused, or queued until a worker is up
             if process.poll() is not None:
                 raise SystemExit(f"the server exited; see {log.name}") from None
             time.sleep(0.5)
@@ -137,8 +179,8 @@ def send(url: str, request: Request) -> tuple[int, dict, float]:
     return status, json.loads(body), time.perf_counter() - start
 
 
-def run_setting(model: Path, requests: list[Request], clients: int, batch: int, wait: float):
-    process, url, log = start_server(model, batch, wait)
+def run_setting(model: Path, requests: list[Request], clients: int, setting: Setting, code: Path):
+    process, url, log = start_server(model, setting, code)
     try:
         send(url, next(r for r in requests if r.expected_status == 200))  # warm-up
         start = time.perf_counter()
@@ -149,8 +191,8 @@ def run_setting(model: Path, requests: list[Request], clients: int, batch: int, 
         process.send_signal(signal.SIGTERM)  # graceful: the batcher logs its counts
         process.wait(timeout=60)
     result = check(requests, answers, elapsed)
-    found = BATCHER_LINE.search(Path(log).read_text())
-    result["mean_batch"] = float(found.group(1)) if found else None
+    found = [float(m) for m in BATCHER_LINE.findall(Path(log).read_text())]  # one per worker
+    result["mean_batch"] = float(np.mean(found)) if found else None
     return result
 
 
@@ -161,7 +203,9 @@ def check(requests: list[Request], answers: list, elapsed: float) -> dict:
     for request, (status, body, _) in zip(requests, answers, strict=True):
         assert status == request.expected_status, (status, body, request.content_type)
         if status == 200:
-            assert body == {"text": request.expected_text}, (body, request.expected_text)
+            assert body["text"] == request.expected_text, (body, request.expected_text)
+            confidence = body.get("confidence", request.expected_confidence)  # batched: ~equal
+            assert abs(confidence - request.expected_confidence) < 1e-3, body
         else:
             assert body["status"] == status and body["error"]
     valid = [a[2] for r, a in zip(requests, answers, strict=True) if r.expected_status == 200]
@@ -188,13 +232,14 @@ def render(
         "",
         f"`python benchmarks/serve_load.py --requests {args.requests} --clients {args.clients}"
         f" --repeats {args.repeats} --write` on `{shown}`, "
-        f"{len(clips)} quickstart clips ({args.clips_seconds:.1f} s of audio in all); "
+        f"{len(clips)} clips of `{args.audio}` ({args.clips_seconds:.1f} s of audio in all); "
         f"2 shared CPU cores, `uptime` at the start: `{load}`. Every valid answer equalled "
         f"the offline Transcriber's ({nonempty} valid requests had a non-empty transcript); "
         "no 5xx, none dropped, every malformed request got its 4xx.",
         "",
         f"Medians of {args.repeats} runs per setting, interleaved (each run's throughput in "
-        "brackets); mean batch = requests per model call, from the server's log.",
+        "brackets); mean batch = requests per model call, from the server's log. Baseline: "
+        f"the standard-library server of {args.baseline_rev}, run from `git archive`.",
         "",
         "| setting | requests (valid / malformed) | throughput (req/s) | mean batch "
         "| valid p50 / p99 (ms) | all p50 / p99 (ms) |",
@@ -236,19 +281,32 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=16, help="distinct valid clips")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting, interleaved")
+    parser.add_argument("--audio", default="data/quickstart/audio/test-*.opus",
+                        help="clips (glob) under the repo or $ASR_LIGHTNING_DATA")  # fmt: skip
+    parser.add_argument("--baseline-rev", default=BASELINE_REV, help="commit of the old server")
+    parser.add_argument("--only", nargs="*", default=None, help="labels of settings to run")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     model = (args.model or newest_model()).resolve()
-    clips = sorted((REPO / "data/quickstart/audio").glob("test-*.opus"))[: args.clips]
+    data = Path(os.environ.get("ASR_LIGHTNING_DATA", REPO.parent / "shared" / "data"))
+    root = REPO if list(REPO.glob(args.audio)) else data
+    clips = sorted(root.glob(args.audio))[: args.clips]
+    if not clips:
+        raise SystemExit(f"no clips match {args.audio} under {REPO} or {data}")
     args.clips_seconds = sum(load_audio(c).size for c in clips) / 16_000
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"model {model}; {load}", flush=True)
     requests = build_requests(model, clips, args.requests, args.seed)
-    results: dict[str, list[dict]] = {label: [] for label, _, _ in SETTINGS}
-    for _ in range(args.repeats):
-        for label, batch, wait in SETTINGS:
-            results[label].append(run_setting(model, requests, args.clients, batch, wait))
-            print(label, json.dumps(results[label][-1]), flush=True)
+    settings = [s for s in SETTINGS if args.only is None or s.label in args.only]
+    results: dict[str, list[dict]] = {s.label: [] for s in settings}
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = extract_baseline(args.baseline_rev, Path(tmp))
+        for _ in range(args.repeats):
+            for setting in settings:
+                code = baseline if setting.baseline else REPO
+                result = run_setting(model, requests, args.clients, setting, code)
+                results[setting.label].append(result)
+                print(setting.label, json.dumps(result), flush=True)
     nonempty = sum(1 for r in requests if r.expected_text)
     text = render(model, results, args, load, clips, nonempty)
     print(text)
