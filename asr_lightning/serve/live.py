@@ -121,7 +121,7 @@ class _Stream:
             return
         text = session.finish_partial(request, transcript.text, transcript.words)
         with contextlib.suppress(_Disconnected):
-            await self._send({"partial": text})
+            await self._send({"partial": text, "duration_s": request.duration_s})
 
     async def _cancel_partials(self) -> None:
         """Drops partials still in flight: the final follows at once, and no partial after it

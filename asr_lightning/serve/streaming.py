@@ -2,8 +2,9 @@
 
 A client opens ``/stream?sample_rate=16000``, sends binary frames of 16-bit little-endian mono
 PCM at that rate, then the text frame ``{"event": "end"}``. The server answers
-``{"partial": "..."}`` frames while audio arrives and one ``{"final": "...", "words": [...],
-"confidence": ..., "duration_s": ...}`` at the end, then closes (code 1000).
+``{"partial": "...", "duration_s": ...}`` frames while audio arrives (``duration_s``: the
+seconds of audio the partial covers, from the start of the stream) and one ``{"final": "...",
+"words": [...], "confidence": ..., "duration_s": ...}`` at the end, then closes (code 1000).
 
 :class:`StreamSession` holds one stream: its PCM, when a partial is due, and the samples each
 decode gets. The final decodes the whole stream exactly as ``/invocations`` decodes the same
@@ -162,6 +163,8 @@ class PartialRequest:
     """``(n,)`` float32 at the model's rate."""
     offset_s: float
     """Seconds of the stream before ``audio``'s first sample."""
+    duration_s: float
+    """Seconds of the stream received when the partial started (where ``audio`` ends)."""
 
 
 class StreamSession:
@@ -225,7 +228,7 @@ class StreamSession:
         window = int(self.options.partial_window_s * self.rate) * BYTES_PER_SAMPLE
         start = max(0, len(self._pcm) - window)
         audio = rq._decode_pcm(bytes(self._pcm[start:]), self.rate, self.model_rate)
-        return PartialRequest(audio, start / BYTES_PER_SAMPLE / self.rate)
+        return PartialRequest(audio, start / BYTES_PER_SAMPLE / self.rate, self.duration_s)
 
     def finish_partial(self, request: PartialRequest, text: str, words: list[Word]) -> str:
         """The partial text of ``request``, decoded as ``text`` and ``words`` (times within its

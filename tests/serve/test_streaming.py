@@ -66,7 +66,7 @@ def test_partials_are_spaced_one_at_a_time_and_skip_ahead():
     session.feed(quarter)
     assert session.partial_due()
     request = session.start_partial()
-    assert request.audio.size == 8000 and request.offset_s == 0
+    assert request.audio.size == 8000 and (request.offset_s, request.duration_s) == (0, 0.5)
     for _ in range(6):  # 1.5 s more while the model is busy: no second partial
         session.feed(quarter)
         assert not session.partial_due()
@@ -185,7 +185,9 @@ def test_stream_gives_partials_then_the_offline_transcript(server, transcriber, 
                 frames.append(json.loads(ws.recv(timeout=30)))
         assert ws.close_code == 1000
     assert "partial" in frames[0] and isinstance(frames[0]["partial"], str)
-    assert all(set(f) == {"partial"} for f in frames[:-1])
+    assert all(set(f) == {"partial", "duration_s"} for f in frames[:-1])
+    covered = [f["duration_s"] for f in frames[:-1]]
+    assert covered == sorted(covered) and 0 < covered[0] <= len(pcm) / 2 / 16_000
     final = frames[-1]
     answer = _invoke(server, _json_body(pcm, 16_000))
     offline = transcriber.transcribe_arrays(
