@@ -77,12 +77,12 @@ class _Stream:
             frame = st.final_frame(transcript)
             self.serving.metrics.audio_seconds.inc(transcript.duration_s)
             await self._send(frame)
-            await self.websocket.close(st.CLOSE_NORMAL)
+            await self._close(st.CLOSE_NORMAL)
             return st.OUTCOME_COMPLETED
         except st.StreamError as err:
             with contextlib.suppress(_Disconnected):
                 await self._send(err.to_dict())
-                await self.websocket.close(err.code)
+                await self._close(err.code)
             return err.outcome
         except _Disconnected:
             return st.OUTCOME_DISCONNECTED
@@ -152,5 +152,14 @@ class _Stream:
                 raise _Disconnected()
             try:
                 await self.websocket.send_text(rq.encode_json(document).decode("utf-8"))
+            except (WebSocketDisconnect, RuntimeError) as err:
+                raise _Disconnected() from err
+
+    async def _close(self, code: int) -> None:
+        async with self.send_lock:
+            if self.websocket.application_state != WebSocketState.CONNECTED:
+                raise _Disconnected()
+            try:
+                await self.websocket.close(code)
             except (WebSocketDisconnect, RuntimeError) as err:
                 raise _Disconnected() from err

@@ -158,6 +158,13 @@ def _streams(serving: ServingApp, outcome: str) -> float:
     return value or 0.0
 
 
+def _wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 def _invoke(server, body: bytes) -> dict:
     request = urllib.request.Request(
         server.url + "/invocations", body, {"Content-Type": "application/json"}, method="POST"
@@ -203,6 +210,7 @@ def test_stream_gives_partials_then_the_offline_transcript(server, transcriber, 
     assert final["confidence"] == pytest.approx(answer["confidence"], abs=1e-3)
     assert final["duration_s"] == pytest.approx(len(pcm) / 2 / 16_000)
     assert _streams(server.app, "completed") == completed + 1
+    _wait_for(lambda: server.app.in_flight == 0)
     audio_after = server.app.metrics.registry.get_sample_value("asr_audio_seconds_total")
     assert audio_after - audio_before >= final["duration_s"]  # and the /invocations clip
 
@@ -234,13 +242,6 @@ def test_bad_streams_get_an_error_frame_and_1008(server, query, frames):
     assert error["status"] == 400 and error["error"] and set(error) == {"error", "status"}
     assert code == st.CLOSE_POLICY_VIOLATION
     assert _streams(server.app, "bad_request") == before + 1
-
-
-def _wait_for(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_clients_that_vanish_leak_nothing_and_log_nothing(server, speech, caplog):
