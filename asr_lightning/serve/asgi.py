@@ -7,6 +7,8 @@
   is checked on ``Content-Length`` before the body is read (413), chunked bodies get 411, and a
   body that does not arrive within ``read_timeout_s`` gets 408.
 - ``GET /metrics``: Prometheus metrics (:mod:`asr_lightning.serve.metrics`).
+- ``/stream``: live transcription over a WebSocket (:mod:`asr_lightning.serve.streaming`).
+- ``GET /``: the demo page, with its files under ``/static`` (:mod:`asr_lightning.serve.live`).
 
 Every error is a JSON ``{"error": ..., "status": ...}``. Bodies are read and answered by
 :class:`~asr_lightning.serve.app.ServingApp`; this module is only the HTTP around it.
@@ -27,8 +29,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asr_lightning.serve import requests as rq
 from asr_lightning.serve.app import ServingApp
+from asr_lightning.serve.live import live_routes
 from asr_lightning.serve.metrics import CONTENT_TYPE as METRICS_TYPE
 from asr_lightning.serve.metrics import path_label
+from asr_lightning.serve.streaming import DEFAULT_STREAM_OPTIONS, StreamOptions
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 REQUEST_TIMEOUT = 408
@@ -75,8 +79,9 @@ class RefusalResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def create_app(serving: ServingApp) -> ASGIApp:
-    """The ASGI app serving ``serving`` (routes, JSON errors, metrics, draining)."""
+def create_app(serving: ServingApp, streams: StreamOptions = DEFAULT_STREAM_OPTIONS) -> ASGIApp:
+    """The ASGI app serving ``serving`` (routes, JSON errors, metrics, draining; ``streams``:
+    partials and limits of ``/stream``)."""
 
     async def ping(request: Request) -> Response:
         return json_response(*serving.ping())
@@ -120,7 +125,10 @@ def create_app(serving: ServingApp) -> ASGIApp:
         assert isinstance(exc, HTTPException)
         path = request.url.path
         if exc.status_code == rq.NOT_FOUND:
-            message = f"no such path {path!r}: use GET /ping, POST /invocations, GET /metrics"
+            message = (
+                f"no such path {path!r}: use GET /ping, POST /invocations, GET /metrics, "
+                "GET / (the demo page), WebSocket /stream"
+            )
         elif exc.status_code == rq.METHOD_NOT_ALLOWED and path.endswith("/invocations"):
             message = "POST audio to /invocations"
         elif exc.status_code == rq.METHOD_NOT_ALLOWED:
@@ -138,6 +146,7 @@ def create_app(serving: ServingApp) -> ASGIApp:
         Route("/invocations", invocations, methods=["POST"]),
         Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *live_routes(serving, streams),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     return _Observed(app, serving)
