@@ -249,6 +249,7 @@ def _serve_parser() -> Any:
     from asr_lightning.serve.loading import SAGEMAKER_MODEL_DIR
     from asr_lightning.serve.requests import DEFAULT_MAX_BODY_MB
     from asr_lightning.serve.server import DEFAULT_HOST, DEFAULT_PORT
+    from asr_lightning.serve.streaming import StreamOptions
 
     parser = _tool_parser(
         "serve",
@@ -279,6 +280,7 @@ def _serve_parser() -> Any:
                         help="requests answered at once beyond this get 503")  # fmt: skip
     parser.add_argument("--access-log", action="store_true", help="log a line per request")
     parser.add_class_arguments(BatchOptions, "batching")
+    parser.add_class_arguments(StreamOptions, "streams")  # /stream: partials and limits
     _runtime_arguments(parser)
     return parser
 
@@ -308,6 +310,7 @@ def serve_main(argv: Sequence[str]) -> int:
         shutdown_timeout_s=args.shutdown_timeout_s,
         keep_alive_s=args.keep_alive_s,
         max_concurrent=args.max_concurrent,
+        streams=options.streams,
     )
     routes = "POST /invocations, GET /ping, GET /metrics"
     if args.workers > 1:

@@ -24,6 +24,7 @@ from asr_lightning.inference.transcriber import Transcriber, Transcript
 from asr_lightning.serve import requests as rq
 from asr_lightning.serve.batching import BatchOptions, DynamicBatcher
 from asr_lightning.serve.metrics import ServeMetrics
+from asr_lightning.serve.streaming import DEFAULT_STREAM_OPTIONS, StreamOptions
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class ServeOptions:
     """Bound on draining at SIGTERM: requests in flight get this long to finish."""
     keep_alive_s: float = KEEP_ALIVE_S
     """Seconds an idle keep-alive connection is kept."""
+    streams: StreamOptions = DEFAULT_STREAM_OPTIONS
+    """How ``/stream`` sends partials and how long a stream may be."""
     max_concurrent: int | None = None
     """Requests and streams answered at once beyond which new ones get 503 (``None``: no
     cap). Idle and slow connections cost a socket each, not a thread, and are not counted."""

@@ -32,7 +32,6 @@ from asr_lightning.serve.app import ServingApp
 from asr_lightning.serve.live import live_routes
 from asr_lightning.serve.metrics import CONTENT_TYPE as METRICS_TYPE
 from asr_lightning.serve.metrics import path_label
-from asr_lightning.serve.streaming import DEFAULT_STREAM_OPTIONS, StreamOptions
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 REQUEST_TIMEOUT = 408
@@ -79,9 +78,9 @@ class RefusalResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def create_app(serving: ServingApp, streams: StreamOptions = DEFAULT_STREAM_OPTIONS) -> ASGIApp:
-    """The ASGI app serving ``serving`` (routes, JSON errors, metrics, draining; ``streams``:
-    partials and limits of ``/stream``)."""
+def create_app(serving: ServingApp) -> ASGIApp:
+    """The ASGI app serving ``serving`` (routes, JSON errors, metrics, draining; the partials
+    and limits of ``/stream`` are ``serving.options.streams``)."""
 
     async def ping(request: Request) -> Response:
         return json_response(*serving.ping())
@@ -146,7 +145,7 @@ def create_app(serving: ServingApp, streams: StreamOptions = DEFAULT_STREAM_OPTI
         Route("/invocations", invocations, methods=["POST"]),
         Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *live_routes(serving, streams),
+        *live_routes(serving, serving.options.streams),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     return _Observed(app, serving)

@@ -65,14 +65,18 @@ OUTCOME_FAILED = "failed"
 @dataclass(frozen=True)
 class StreamOptions:
     """How ``/stream`` previews and limits a stream (the idle timeout is the server's
-    ``read_timeout_s``)."""
+    ``read_timeout_s``).
+
+    Args:
+        partial_interval_s: Seconds of new audio between two partials (at most one partial in
+            flight).
+        partial_window_s: Partials of longer streams decode only their last this many seconds.
+        max_duration_s: Streams longer than this are closed with an error (1009).
+    """
 
     partial_interval_s: float = 0.5
-    """Seconds of new audio between two partials (at most one partial in flight)."""
     partial_window_s: float = 20.0
-    """Partials of longer streams decode only their last this many seconds."""
     max_duration_s: float = 600.0
-    """Streams longer than this are closed with an error (1009)."""
 
     def __post_init__(self) -> None:
         for name in ("partial_interval_s", "partial_window_s", "max_duration_s"):

@@ -274,6 +274,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits(model_fo
     finally:
         process.kill()
         process.wait()
+        process.stdout.close()
 
 
 def test_draining_exits_at_its_bound_with_a_client_that_never_finishes(transcriber, encoded):
@@ -360,6 +361,7 @@ def test_workers_share_the_port_and_their_metrics(model_folder, encoded):
     finally:
         process.kill()
         process.wait()
+        process.stdout.close()
 
 
 def test_mixed_load_from_eight_clients_drops_nothing(server, encoded, transcriber):

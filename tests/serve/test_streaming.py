@@ -266,8 +266,9 @@ def test_clients_that_vanish_leak_nothing_and_log_nothing(server, speech, caplog
 
 @pytest.fixture
 def small_limits(transcriber):
-    serving = ServingApp(transcriber, ServeOptions(read_timeout_s=0.5))
-    client = TestClient(create_app(serving, st.StreamOptions(max_duration_s=1.0)))
+    options = ServeOptions(read_timeout_s=0.5, streams=st.StreamOptions(max_duration_s=1.0))
+    serving = ServingApp(transcriber, options)
+    client = TestClient(create_app(serving))
     yield serving, client
     serving.close()
 
