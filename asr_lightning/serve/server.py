@@ -10,8 +10,10 @@ requests get 503 while requests and streams in flight finish; the server exits w
 left, or after ``shutdown_timeout_s`` at the latest. A second Ctrl-C exits at once.
 
 ``--workers N`` (:class:`WorkerPool`): N processes, each loading the model and serving the same
-listening socket (the kernel spreads connections), restarted if one dies, stopped together on
-SIGTERM, with their metrics shared through prometheus-client's multiprocess mode.
+listening socket (the kernel spreads connections), stopped together on SIGTERM, with their
+metrics shared through prometheus-client's multiprocess mode. A worker that dies while serving
+is restarted; one that cannot load its model stops the pool (exit 1), and workers whose pool
+was killed drain and exit instead of serving on as orphans.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
 from asr_lightning.artifacts import ONNX_FILE
 from asr_lightning.decoding.options import DecodingOptions
-from asr_lightning.errors import ConfigError
+from asr_lightning.errors import AsrLightningError, ConfigError
 from asr_lightning.inference.chunking import ChunkOptions
 from asr_lightning.inference.transcriber import DEFAULT_CHUNKING, BackendName, Transcriber
 from asr_lightning.serve.app import ServeOptions, ServingApp
@@ -51,8 +54,11 @@ DEFAULT_HOST = "127.0.0.1"
 CLOSE_GRACE_S = 1.0
 #: Seconds the pool waits for a worker past its own shutdown bound before killing it.
 WORKER_KILL_GRACE_S = 10.0
-#: Seconds between the pool's checks of its workers.
+#: Seconds between the pool's checks of its workers, and a worker's of its pool.
 WORKER_POLL_S = 0.5
+PARENT_POLL_S = 1.0
+#: Exit status of a worker that could not load its model.
+WORKER_FAILED_TO_START = 3
 STARTUP_TIMEOUT_S = 60.0
 LISTEN_BACKLOG = 2048
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -242,11 +248,34 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int | None:
     return max(1, (cores or os.cpu_count() or 1) // workers)
 
 
-def _worker_main(spec: ModelSpec, options: ServeOptions, sock: socket.socket) -> None:
-    """One worker of a :class:`WorkerPool`: load the model, serve the shared socket."""
+def _worker_main(
+    spec: ModelSpec, options: ServeOptions, sock: socket.socket, ready: Any, parent: int
+) -> None:
+    """One worker of a :class:`WorkerPool`: load the model, say so, serve the shared socket.
+
+    A model that cannot be loaded ends the worker with :data:`WORKER_FAILED_TO_START` and its
+    reason logged (the pool then stops: a restart would fail the same way). The worker drains
+    and exits if the pool's process goes away (killed, not stopped), instead of serving on as
+    an orphan.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    server = AsrServer(ServingApp(spec.load(), options), sock=sock)
+    try:
+        app = ServingApp(spec.load(), options)
+    except AsrLightningError as err:
+        log.error("worker %d cannot load the model: %s", os.getpid(), err)
+        raise SystemExit(WORKER_FAILED_TO_START) from None
+    server = AsrServer(app, sock=sock)
+    ready.set()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     server.serve_forever()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """SIGTERM to this worker (a graceful drain) once the pool's process is gone."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    log.warning("the worker pool's process %d is gone: draining", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -278,26 +307,34 @@ class WorkerPool:
         context = multiprocessing.get_context("spawn")  # no forked threads of torch/onnxruntime
         processes = [self._start(context) for _ in range(self.workers)]
         previous = {sig: signal.signal(sig, self._stop) for sig in SHUTDOWN_SIGNALS}
+        failed = False
         try:
             while not self._stopping:
                 time.sleep(WORKER_POLL_S)
-                for index, process in enumerate(processes):
-                    if not process.is_alive() and not self._stopping:
-                        log.error("worker %d exited (%s): restarting it", process.pid,
-                                  process.exitcode)  # fmt: skip
-                        _mark_dead(process.pid)
-                        processes[index] = self._start(context)
-            for process in processes:
+                for index, (process, ready) in enumerate(processes):
+                    if process.is_alive() or self._stopping:
+                        continue
+                    _mark_dead(process.pid)
+                    if not ready.is_set():  # it never served: a restart would fail alike
+                        log.error("worker %d failed to start (exit %s): stopping the pool",
+                                  process.pid, process.exitcode)  # fmt: skip
+                        self._stopping = failed = True
+                        break
+                    log.error("worker %d exited (%s): restarting it", process.pid,
+                              process.exitcode)  # fmt: skip
+                    processes[index] = self._start(context)
+            for process, _ in processes:
                 if process.is_alive():
                     os.kill(process.pid, signal.SIGTERM)
             deadline = time.monotonic() + self.options.shutdown_timeout_s + WORKER_KILL_GRACE_S
-            for process in processes:
+            for process, _ in processes:
                 process.join(max(0.0, deadline - time.monotonic()))
                 if process.is_alive():
                     log.error("worker %d did not stop in time: killing it", process.pid)
                     process.kill()
                     process.join()
-            return 0 if all(p.exitcode == 0 for p in processes) else 1
+            clean = all(p.exitcode == 0 for p, _ in processes)
+            return 0 if clean and not failed else 1
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -305,12 +342,16 @@ class WorkerPool:
             os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
-    def _start(self, context: multiprocessing.context.SpawnContext) -> multiprocessing.Process:
+    def _start(self, context: multiprocessing.context.SpawnContext) -> tuple[Any, Any]:
+        """A started worker and the event it sets once its model is loaded."""
+        ready = context.Event()
         process = context.Process(
-            target=_worker_main, args=(self.spec, self.options, self.socket), daemon=False
+            target=_worker_main,
+            args=(self.spec, self.options, self.socket, ready, os.getpid()),
+            daemon=False,
         )
         process.start()
-        return process
+        return process, ready
 
     def _stop(self, sig: int, frame: FrameType | None) -> None:
         self._stopping = True

@@ -212,16 +212,32 @@ def _serve(model_folder: Path, *options: str) -> tuple[subprocess.Popen, str]:
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while True:
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=5) as response:
+                    assert response.status == 200
+                return process, url
+            except (urllib.error.URLError, OSError):  # refused, or queued until a worker is up
+                if process.poll() is not None:
+                    raise AssertionError(process.stdout.read().decode()) from None
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.5)
+    except BaseException:
+        _stop(process)
+        raise
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if need be (a pool's workers see their pool go and exit too)."""
+    if process.poll() is None:
+        process.terminate()
         try:
-            with urllib.request.urlopen(url + "/ping", timeout=5) as response:
-                assert response.status == 200
-            return process, url
-        except (urllib.error.URLError, OSError):  # refused, or queued until a worker is up
-            if process.poll() is not None:
-                raise AssertionError(process.stdout.read().decode()) from None
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.5)
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    process.stdout.close()
 
 
 class _HalfSent:
@@ -272,9 +288,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits(model_fo
         assert process.wait(timeout=30) == 0
         assert time.monotonic() - started < 10  # it left once nothing was in flight
     finally:
-        process.kill()
-        process.wait()
-        process.stdout.close()
+        _stop(process)
 
 
 def test_draining_exits_at_its_bound_with_a_client_that_never_finishes(transcriber, encoded):
@@ -343,13 +357,7 @@ def test_metrics_count_requests_latency_batches_and_audio(server, encoded, speec
 def test_workers_share_the_port_and_their_metrics(model_folder, encoded):
     process, url = _serve(model_folder, "--workers", "2")
     try:
-        pids: set[int] = set()
-        deadline = time.monotonic() + 120
-        while len(pids) < 2:  # each connection goes to whichever worker accepts it first
-            with urllib.request.urlopen(url + "/ping", timeout=60) as response:
-                pids.add(json.loads(response.read())["pid"])
-            assert time.monotonic() < deadline, f"one worker answered: {pids}"
-        assert process.pid not in pids
+        assert process.pid not in _worker_pids(url, 2)
         for _ in range(4):
             assert _post(url + "/invocations", encoded["wav"], "audio/wav")[0] == 200
         from tests.serve.test_metrics import scrape
@@ -359,9 +367,41 @@ def test_workers_share_the_port_and_their_metrics(model_folder, encoded):
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
-        process.kill()
+        _stop(process)
+
+
+def _worker_pids(url: str, count: int) -> set[int]:
+    pids: set[int] = set()
+    deadline = time.monotonic() + 120
+    while len(pids) < count:  # each connection goes to whichever worker accepts it first
+        with urllib.request.urlopen(url + "/ping", timeout=60) as response:
+            pids.add(json.loads(response.read())["pid"])
+        assert time.monotonic() < deadline, f"only {pids} answered"
+    return pids
+
+
+def test_workers_of_a_killed_pool_exit_instead_of_serving_on(model_folder):
+    psutil = pytest.importorskip("psutil")
+    process, url = _serve(model_folder, "--workers", "2")
+    try:
+        workers = [psutil.Process(pid) for pid in _worker_pids(url, 2)]
+        process.kill()  # no SIGTERM to forward: the workers must notice by themselves
         process.wait()
-        process.stdout.close()
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not [w for w in alive if w.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        _stop(process)
+
+
+def test_a_pool_whose_model_cannot_load_stops(tmp_path):
+    command = [sys.executable, "-m", "asr_lightning.cli", "serve", str(tmp_path / "missing")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [*command, "--port", str(_free_port()), "--workers", "2"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "failed to start" in done.stderr and "missing" in done.stderr
 
 
 def test_mixed_load_from_eight_clients_drops_nothing(server, encoded, transcriber):
