@@ -97,6 +97,7 @@ def _load_checkpoint(path: Path) -> LoadedModel:
         hparams.get("model_type"),
         hparams.get("vocab"),
         model_settings(hparams),
+        hparams.get("tokenizer_json"),
     )
     model.load_state_dict(state)
     setattr(feature_extractor, LEVEL_ATTRIBUTE, hparams.get("input_level", "none"))

@@ -216,12 +216,15 @@ def _vocab_fits(tokenizer: Any, vocab: Mapping[str, int]) -> bool:
 
 
 def resolve_tokenizer(
-    model_name_or_path: str | None, vocab: Mapping[str, int] | None
+    model_name_or_path: str | None,
+    vocab: Mapping[str, int] | None,
+    tokenizer_json: str | None = None,
 ) -> tuple[Any, bool]:
     """The tokenizer to train with, and whether it is the checkpoint's own.
 
     A checkpoint's tokenizer is kept when no vocabulary is given or when the given one agrees
-    with it; otherwise the tokenizer is built from ``vocab`` (and the model needs a new head).
+    with it; otherwise the tokenizer is built from ``vocab`` (and the model needs a new head):
+    a character tokenizer, or the subword tokenizer ``tokenizer_json`` whose vocabulary it is.
     """
     from asr_lightning.text.vocab import make_tokenizer
 
@@ -243,7 +246,22 @@ def resolve_tokenizer(
             "(linked from the datamodule) or give model_name_or_path"
         )
     blank_id(vocab)
+    if tokenizer_json is not None:
+        return _subword_tokenizer(tokenizer_json, vocab), False
     return make_tokenizer(vocab), False
+
+
+def _subword_tokenizer(tokenizer_json: str, vocab: Mapping[str, int]) -> Any:
+    """The subword tokenizer of ``vocab`` (both linked from the datamodule)."""
+    from asr_lightning.text.subword import make_subword_tokenizer
+
+    tokenizer = make_subword_tokenizer(tokenizer_json)
+    if tokenizer.get_vocab() != dict(vocab):
+        raise VocabularyError(
+            "model.vocab is not the vocabulary of model.tokenizer_json; link both from the "
+            "datamodule (asr-lightning fit does) or leave tokenizer_json unset for characters"
+        )
+    return tokenizer
 
 
 def load_feature_extractor(model_name_or_path: str) -> Any:
@@ -282,6 +300,7 @@ def build_processor(
     model_type: str | None = None,
     vocab: Mapping[str, int] | None = None,
     config_overrides: Mapping[str, Any] | None = None,
+    tokenizer_json: str | None = None,
 ) -> tuple[Any, Any]:
     """Feature extractor and tokenizer for a model, without loading its weights.
 
@@ -293,13 +312,14 @@ def build_processor(
             vocabulary that disagrees with the checkpoint's tokenizer replaces it).
         config_overrides: architecture overrides from scratch (e.g. ``num_mel_bins`` decides
             the filter-bank size of Parakeet's feature extractor).
+        tokenizer_json: the subword tokenizer ``vocab`` belongs to; ``None`` for characters.
 
     Returns:
         ``(feature_extractor, tokenizer)``.
     """
     if model_name_or_path is None and model_type is None:
         raise ConfigError("give model_name_or_path (pretrained) or model_type (from scratch)")
-    tokenizer, _ = resolve_tokenizer(model_name_or_path, vocab)
+    tokenizer, _ = resolve_tokenizer(model_name_or_path, vocab, tokenizer_json)
     if model_name_or_path is not None:
         return load_feature_extractor(model_name_or_path), tokenizer
     config = build_config(model_type, tokenizer.get_vocab(), config_overrides)
@@ -438,14 +458,16 @@ def build_model(
     model_type: str | None,
     vocab: Mapping[str, int] | None,
     settings: Mapping[str, Any],
+    tokenizer_json: str | None = None,
 ) -> tuple[Any, Any, Any]:
     """``(model, feature_extractor, tokenizer)``: pretrained, or new from ``model_type``.
 
     A pretrained checkpoint whose tokenizer does not fit ``vocab`` (or that has none) gets a
     new CTC head for it; a new model gets a head for ``vocab``. Either way the model is guarded
-    against padding (:func:`asr_lightning.model.padding.guard_padding`).
+    against padding (:func:`asr_lightning.model.padding.guard_padding`). ``tokenizer_json`` is
+    the subword tokenizer ``vocab`` belongs to (``None`` for a character vocabulary).
     """
-    tokenizer, own_tokenizer = resolve_tokenizer(model_name_or_path, vocab)
+    tokenizer, own_tokenizer = resolve_tokenizer(model_name_or_path, vocab, tokenizer_json)
     if model_name_or_path is not None:
         model = load_pretrained(model_name_or_path, tokenizer, not own_tokenizer, settings)
         return model, load_feature_extractor(model_name_or_path), tokenizer

@@ -47,7 +47,8 @@ from asr_lightning.model.factory import (
 )
 from asr_lightning.model.features import collator
 from asr_lightning.text.normalize import TextNormalizer
-from asr_lightning.text.vocab import LabelEncoder, build_vocab
+from asr_lightning.text.subword import make_subword_tokenizer, train_subword
+from asr_lightning.text.vocab import LabelEncoder, build_vocab, vocab_characters
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,13 @@ class ASRDataModule(pl.LightningDataModule):
             pretrained checkpoint has a tokenizer, and train a new CTC head for it (e.g. an
             English checkpoint fine-tuned to another language). A checkpoint without a tokenizer
             (wav2vec2-base, XLS-R, HuBERT, WavLM, w2v-BERT 2.0) always gets one built from data.
+        vocab_type: Labels of a vocabulary built from data: ``char`` (one per character, ``|``
+            between words), or subword pieces trained on the normalized training transcripts
+            (never validation or test): ``bpe`` or ``unigram`` (SentencePiece), saved with the
+            model as a ``tokenizer.json``. Needs ``vocab_size``.
+        vocab_size: Ids of a ``bpe`` or ``unigram`` vocabulary, ``<pad>`` and ``<unk>``
+            included; too large or too small a size for the transcripts stops with the range
+            that works.
         text_case: Case of the normalized text; ``auto`` follows the vocabulary's letters.
         drop_characters: Characters removed from transcripts before tokenization; ``None`` keeps
             the normalizer's default set of punctuation.
@@ -151,6 +159,8 @@ class ASRDataModule(pl.LightningDataModule):
         model_type: str | None = None,
         model_config_overrides: dict[str, Any] | None = None,
         vocab_from_data: bool = False,
+        vocab_type: Literal["char", "bpe", "unigram"] = "char",
+        vocab_size: int | None = None,
         text_case: Literal["auto", "upper", "lower", "keep"] = "auto",
         drop_characters: str | None = None,
         min_duration_s: float = 1.0,
@@ -182,6 +192,19 @@ class ASRDataModule(pl.LightningDataModule):
         self.model_type = model_type
         self.model_config_overrides = model_config_overrides
         self.vocab_from_data = vocab_from_data
+        if (vocab_type == "char") != (vocab_size is None):
+            raise ConfigError(
+                f"data.vocab_size goes with data.vocab_type bpe or unigram, got vocab_type "
+                f"{vocab_type} and vocab_size {vocab_size}: "
+                + (
+                    "remove vocab_size, or set vocab_type: bpe"
+                    if vocab_type == "char"
+                    else "set vocab_size, e.g. 256 (see the README on picking it)"
+                )
+            )
+        self.vocab_type = vocab_type
+        self.vocab_size = vocab_size
+        self._tokenizer_json: str | None = None  # the subword tokenizer built with the vocab
         self.text_case = text_case
         self.drop_characters = drop_characters
         self.rules = FilterRules(min_duration_s=min_duration_s, max_duration_s=max_duration_s)
@@ -221,6 +244,13 @@ class ASRDataModule(pl.LightningDataModule):
             if self.processor_name is not None and not self.vocab_from_data:
                 tokenizer, reason = checkpoint_tokenizer(self.processor_name)
                 if tokenizer is not None:
+                    if self.vocab_type != "char":
+                        raise ConfigError(
+                            f"data.vocab_type {self.vocab_type} trains a vocabulary from the "
+                            f"transcripts, but {self.processor_name} has its own tokenizer: "
+                            "set data.vocab_from_data: true to replace it (and the CTC head), "
+                            "or remove data.vocab_type and data.vocab_size to keep it"
+                        )
                     self._vocab = dict(tokenizer.get_vocab())
                     return self._vocab
                 log.info(
@@ -270,7 +300,43 @@ class ASRDataModule(pl.LightningDataModule):
             read += len(self._train_rows[name])
         vocab = build_vocab(["".join(sorted(characters))])
         log.info("built a %d-symbol vocabulary from %d training transcripts", len(vocab), read)
+        if self.vocab_type != "char":
+            return self._train_subword(vocab)
         return vocab
+
+    @property
+    def tokenizer_json(self) -> str | None:
+        """The subword tokenizer (``tokenizers`` JSON) of :attr:`vocab`; ``None`` for
+        characters and for a checkpoint's own tokenizer. Linked to ``model.tokenizer_json``."""
+        self.vocab  # noqa: B018 (decides whether there is one)
+        return self._tokenizer_json
+
+    def _train_subword(self, characters: dict[str, int]) -> dict[str, int]:
+        """Train the subword vocabulary on the training transcripts, normalized to
+        ``characters`` (the character vocabulary of the same transcripts) as labels will be."""
+        normalizer = TextNormalizer.from_vocab(
+            characters, case=self.text_case, **self._drop_kwargs()
+        )
+        texts = (normalizer(text) for text in self._train_texts())
+        self._tokenizer_json = train_subword(texts, self.vocab_type, self.vocab_size)
+        tokenizer = make_subword_tokenizer(self._tokenizer_json)
+        spelled = vocab_characters(tokenizer.get_vocab(), None, tokenizer.all_special_tokens)
+        if spelled != normalizer.vocabulary:  # the labels' normalizer must keep every character
+            raise VocabularyError(
+                f"the {self.vocab_type} vocabulary lacks characters of the training transcripts "
+                f"({''.join(sorted(normalizer.vocabulary - spelled))!r}); report this as a bug"
+            )
+        return dict(tokenizer.get_vocab())
+
+    def _train_texts(self) -> Iterator[str]:
+        """The raw transcripts of every training source: the rows kept for setup, or a new
+        pass over a streaming one."""
+        for name, spec in self.sources["train"].items():
+            if name in self._train_rows:
+                texts = self._train_rows[name].texts
+                yield from (str(texts[index]) for index in range(len(texts)))
+            else:
+                yield from (utt.text for utt in iter_source(parse_spec(spec)))
 
     def _setup_workers(self) -> int:
         """Processes setting up a large source: ``setup_workers``, or the CPUs of this machine
@@ -292,12 +358,18 @@ class ASRDataModule(pl.LightningDataModule):
         if self._processor is None:
             if self.processor_name is None:
                 self._processor = build_processor(
-                    None, self.model_type, self.vocab, self.model_config_overrides
+                    None,
+                    self.model_type,
+                    self.vocab,
+                    self.model_config_overrides,
+                    self._tokenizer_json,
                 )
             else:
                 vocab = self.vocab  # decides between the checkpoint's tokenizer and the data's
                 built = vocab if self._vocab_is_built else None
-                self._processor = build_processor(self.processor_name, None, built)
+                self._processor = build_processor(
+                    self.processor_name, None, built, tokenizer_json=self._tokenizer_json
+                )
         return self._processor
 
     @property

@@ -83,6 +83,7 @@ class ASRLightningCLI(LightningCLI):
             "model.config_overrides", "data.model_config_overrides", apply_on="parse"
         )
         parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
+        parser.link_arguments("data.tokenizer_json", "model.tokenizer_json", apply_on="instantiate")
         # the level normalization training applies travels with the model to inference
         parser.link_arguments("data.level", "model.input_level", apply_on="parse")
         # one decoding for validation, test and predict, as for every other runtime

@@ -22,6 +22,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from asr_lightning.text.subword import subword_kind
+
 #: Characters MLflow refuses in a parameter or metric name.
 _INVALID_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
 #: Vocabulary tokens listed in the logged hyperparameters (MLflow keeps 250 characters).
@@ -64,6 +66,8 @@ def loggable_hyperparameters(hparams: Mapping[str, Any]) -> dict[str, Any]:
             tokens = sorted(value, key=value.__getitem__)
             flat["vocab_size"] = len(tokens)
             flat["vocab_tokens"] = " ".join(tokens[:SHOWN_TOKENS])
+        elif key == "tokenizer_json":  # the whole subword model: its kind is what a run compares
+            flat["tokenizer"] = subword_kind(value) if value else "char"
         else:
             add(str(key), value)
     return flat

@@ -74,6 +74,7 @@ class CTCModule(lightning.LightningModule):
         model_type: ScratchModelType | None = None,
         config_overrides: dict[str, Any] | None = None,
         vocab: dict[str, int] | None = None,
+        tokenizer_json: str | None = None,
         input_level: LevelMode = "none",
         freeze_feature_encoder: bool | None = None,
         gradient_checkpointing: bool = False,
@@ -105,6 +106,9 @@ class CTCModule(lightning.LightningModule):
             vocab: The data's vocabulary (token -> id, ``<pad>`` = CTC blank), linked from the
                 datamodule. Required from scratch; with a checkpoint whose tokenizer disagrees
                 with it, the CTC head is replaced by a new one for this vocabulary.
+            tokenizer_json: The data's subword tokenizer (``tokenizers`` JSON) whose vocabulary
+                ``vocab`` is, linked from the datamodule (``data.tokenizer: bpe`` or
+                ``unigram``); ``None`` for a character vocabulary.
             input_level: The level normalization the data applies to every clip (linked from
                 ``data.level``). Saved with the feature extractor, so ``transcribe``, ``serve``,
                 the ONNX export and the SageMaker handler normalize their audio the same way.
@@ -171,7 +175,11 @@ class CTCModule(lightning.LightningModule):
             return
         hp = self.hparams
         model, feature_extractor, tokenizer = factory.build_model(
-            hp.model_name_or_path, hp.model_type, hp.vocab, factory.model_settings(hp)
+            hp.model_name_or_path,
+            hp.model_type,
+            hp.vocab,
+            factory.model_settings(hp),
+            hp.tokenizer_json,
         )
         self._prepare(model)
         setattr(feature_extractor, LEVEL_ATTRIBUTE, hp.input_level)

@@ -79,6 +79,54 @@ def test_sentencepiece_words_reach_the_lm():
     assert [tokens[i] for i in decoder.decode(logits).ids] == ["\u2581a"]
 
 
+class _RecordingLM(ArpaLM):
+    """An ARPA LM that remembers the words it was asked to score."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.asked: set[str] = set()
+
+    def score(self, context: tuple[str, ...], word: str) -> float:
+        self.asked.add(word)
+        return super().score(context, word)
+
+
+def test_the_lm_scores_whole_words_of_bpe_pieces_and_words_get_their_frames(shared_data):
+    from asr_lightning.decoding.decoder import CTCDecoder
+    from asr_lightning.text.subword import make_subword_tokenizer, train_subword
+
+    lines = (shared_data / "an4/etc/an4_train.transcription").read_text().splitlines()
+    texts = [
+        line.rsplit("(", 1)[0].replace("<s>", "").replace("</s>", "").strip() for line in lines
+    ]
+    tokenizer = make_subword_tokenizer(train_subword(texts, "bpe", 64))
+    pieces = tokenizer.tokenize("TWO SIXTY")  # ['▁TWO', '▁SIX', 'TY']
+    assert len(pieces) == 3 and pieces[1].startswith("▁") and not pieces[2].startswith("▁")
+    ids = tokenizer.convert_tokens_to_ids(pieces)
+    rival = tokenizer.convert_tokens_to_ids("EE")  # "SIXEE": no AN4 word
+    frames = len(ids) * 2
+    probs = np.full((frames, len(tokenizer)), 1e-6)
+    probs[1::2, 0] = 1.0  # a blank after each piece
+    for frame, token in enumerate(ids):
+        probs[2 * frame, token] = 1.0
+    probs[4, ids[2]], probs[4, rival] = 0.4, 0.6  # the acoustics lean to "SIXEE"
+    logits = np.log(probs / probs.sum(-1, keepdims=True))
+    lm = _RecordingLM(*kneser_ney(texts, order=3))
+    options = DecodingOptions(method="beam", alpha=1.0, beta=0.0)
+
+    without = CTCDecoder(tokenizer, 0, samples_per_frame=640, options=options).decode(logits)
+    decoder = CTCDecoder(tokenizer, 0, samples_per_frame=640, options=options)
+    decoder.beam_search.lm = lm
+    decoded = decoder.decode(logits)
+
+    assert without.text == "TWO SIXEE" and decoded.text == "TWO SIXTY"
+    assert {"TWO", "SIXTY", "SIXEE"} <= lm.asked and not lm.asked & {"SIX", "TY", "EE", "▁SIX"}
+    assert [(w.word, w.start, w.end) for w in decoded.words] == [
+        ("TWO", 0.0, 0.04),
+        ("SIXTY", 0.08, 0.2),  # from its first piece's frame to past its last's, 40 ms each
+    ]
+
+
 def test_bad_shapes_and_options_are_refused():
     with pytest.raises(ValueError, match="frames, vocab"):
         BeamSearchDecoder(TOKENS, 0).decode(np.zeros((1, 2, 5)))

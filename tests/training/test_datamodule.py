@@ -272,3 +272,63 @@ def test_a_large_source_set_up_in_processes_equals_one_process(tmp_path, monkeyp
     validation_items = results[1][1]["validation"]
     assert len(validation_items) == 2000  # scored whole: 154 unreadable rows are kept
     assert sum(item.unreadable is not None for item in validation_items) == 154
+
+
+def test_a_subword_vocabulary_is_trained_on_the_training_transcripts_only(tmp_path):
+    from transformers import ParakeetTokenizer
+
+    from asr_lightning.text.subword import make_subword_tokenizer
+
+    train = write_manifest(tmp_path / "train.jsonl", "train", 4, text="Abc, cab!")
+    validation = write_manifest(tmp_path / "val.jsonl", "validation", 4, text="xyz abc")
+    data = ASRDataModule(
+        train=str(train), validation=str(validation), vocab_type="bpe", vocab_size=10, **SCRATCH
+    )
+
+    assert isinstance(data.tokenizer, ParakeetTokenizer) and len(data.vocab) == 10
+    assert make_subword_tokenizer(data.tokenizer_json).get_vocab() == data.vocab
+    assert {"Ab", "▁c"} <= set(data.vocab) and not set("xyz") & set("".join(data.vocab))
+    again = ASRDataModule(train=str(train), vocab_type="bpe", vocab_size=10, **SCRATCH)
+    assert again.tokenizer_json == data.tokenizer_json  # the same transcripts, the same pieces
+    data.setup("fit")
+    assert {item.text for item in data.datasets["train"]["train"].items} == {"Abc cab"}
+    validation_texts = {item.text for item in data.datasets["validation"]["validation"].items}
+    assert validation_texts == {"abc"}  # what the vocabulary cannot spell is dropped
+
+
+def test_subword_settings_that_do_not_fit_are_refused(tmp_path):
+    train = write_manifest(tmp_path / "train.jsonl", "train", 4, text="abc cab")
+    with pytest.raises(ConfigError, match="vocab_size goes with data.vocab_type bpe"):
+        ASRDataModule(train=str(train), vocab_size=64, **SCRATCH)
+    with pytest.raises(ConfigError, match="set vocab_size"):
+        ASRDataModule(train=str(train), vocab_type="unigram", **SCRATCH)
+    with pytest.raises(ConfigError, match="too large .*Set data.vocab_size to"):
+        _ = ASRDataModule(train=str(train), vocab_type="bpe", vocab_size=500, **SCRATCH).vocab
+    folder = tiny.scratch_module().save_hf(tmp_path / "hf")  # has its own tokenizer
+    own = ASRDataModule(
+        train=str(train), processor=str(folder), vocab_type="bpe", vocab_size=8, **PRETRAINED
+    )
+    with pytest.raises(ConfigError, match="has its own tokenizer: set data.vocab_from_data"):
+        _ = own.vocab
+
+
+def test_ctc_feasibility_counts_subword_labels(tmp_path):
+    from asr_lightning.data.filters import CTC_INFEASIBLE
+
+    rows = _rows(write_manifest(tmp_path / "a.jsonl", "train", 4))
+    for row in rows:  # 47 characters, more than the ~12-37 frames of 1-3 s at 12.5 frames/s
+        row["text"] = " ".join(["abc cab"] * 6)
+    manifest = _write_rows(tmp_path / "train.jsonl", rows)
+    settings = {
+        "train": str(manifest), "model_type": "parakeet_ctc",
+        "model_config_overrides": tiny.PARAKEET, "min_duration_s": 0.1,
+        "duration_cache": None, "num_workers": 0,
+    }  # fmt: skip
+
+    pieces = ASRDataModule(vocab_type="bpe", vocab_size=12, **settings)
+    pieces.setup("fit")  # "▁abc ▁cab" x 6: 12 labels
+    assert len(pieces.datasets["train"]["train"]) == 4
+    assert CTC_INFEASIBLE not in pieces.reports["train/train"].dropped
+    characters = ASRDataModule(**settings)
+    characters.setup("fit")
+    assert characters.reports["train/train"].dropped[CTC_INFEASIBLE] == 4
