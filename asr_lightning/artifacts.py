@@ -24,3 +24,6 @@ METADATA_FILE = "asr_lightning.json"
 DECODING_FILE = "decoding.json"
 #: The language model's place in a model folder (HF and ONNX folders alike).
 LM_SUBDIR = "language_model"
+#: The checkpoint averaging the best (or last) checkpoints of a run, and its HF folder.
+AVERAGED_CHECKPOINT = "averaged.ckpt"
+AVERAGED_HF_SUBDIR = "hf_model_averaged"

@@ -1,8 +1,8 @@
 """The ``asr-lightning`` command.
 
 ``fit|validate|test|predict`` are LightningCLI; ``data``, ``export``, ``transcribe``, ``serve``,
-``sagemaker`` and ``report`` are plain subcommands on top of the same pure functions. This is one of
-the few places that reads the environment.
+``sagemaker``, ``report`` and ``average`` are plain subcommands on top of the same pure functions.
+This is one of the few places that reads the environment.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from asr_lightning.errors import AsrLightningError
 log = logging.getLogger(__name__)
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TOOL_SUBCOMMANDS = ("data", "export", "transcribe", "serve", "sagemaker", "report")
+TOOL_SUBCOMMANDS = ("data", "export", "transcribe", "serve", "sagemaker", "report", "average")
 #: Default of ``serve --host`` (a container sets 0.0.0.0 here; see the Dockerfile).
 SERVE_HOST_ENV = "ASR_LIGHTNING_SERVE_HOST"
 #: Files from which ``transcribe`` shows a progress bar (on a terminal).
@@ -360,6 +360,62 @@ def report_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _average_parser() -> Any:
+    parser = _tool_parser(
+        "average",
+        "Average the weights of fit checkpoints (the K best by the monitored dev metric, the "
+        "last N, or those given) into one checkpoint for test, transcribe and export. Optimizer "
+        "state is dropped: fit cannot resume from it (fine-tune its --hf-output folder instead).",
+    )
+    parser.add_argument(
+        "checkpoints", type=str, nargs="+",
+        help=".ckpt files, or run folders (their checkpoints/) and checkpoint folders",
+    )  # fmt: skip
+    parser.add_argument("--output", type=Path, required=True, help="the .ckpt to write")
+    parser.add_argument("--best", type=int | None, default=None,
+                        help="average the K best by their monitored score (val/wer)")  # fmt: skip
+    parser.add_argument("--last", type=int | None, default=None,
+                        help="average the N of the highest steps")  # fmt: skip
+    parser.add_argument("--hf-output", type=Path | None, default=None,
+                        help="also write the averaged model as a Hugging Face folder")  # fmt: skip
+    return parser
+
+
+def average_main(argv: Sequence[str]) -> int:
+    from asr_lightning.errors import ConfigError
+    from asr_lightning.model import averaging
+
+    args = _average_parser().parse_args(list(argv))
+    if args.best is not None and args.last is not None:
+        raise ConfigError("give --best K or --last N, not both")
+    paths = averaging.find_checkpoints(args.checkpoints)
+    infos = [averaging.read_info(path) for path in paths]
+    if args.best is not None:
+        chosen = averaging.select_best(infos, args.best)
+        selection = f"best {len(chosen)} by {chosen[0].monitor}"
+    elif args.last is not None:
+        chosen = averaging.select_last(infos, args.last)
+        selection = f"last {len(chosen)}"
+    elif any(Path(source).is_dir() for source in args.checkpoints):
+        chosen = averaging.select_last(infos, len(infos))  # a folder's last.ckpt copies a step
+        selection = "every step of the folders"
+    else:
+        chosen, selection = infos, "given"
+    wanted = args.best or args.last or len(chosen)
+    if len(chosen) < wanted:
+        log.warning("averaging %d checkpoint(s), not %d: no more to choose from", len(chosen),
+                    wanted)  # fmt: skip
+    paths = [info.path for info in chosen]
+    report = averaging.average_checkpoints(paths, args.output, selection)
+    print(report.render())
+    if args.hf_output is not None:
+        from asr_lightning.training.module import CTCModule
+
+        module = CTCModule.load_from_checkpoint(args.output, map_location="cpu")
+        print(f"Hugging Face folder: {module.save_hf(args.hf_output)}")
+    return 0
+
+
 def _configure_logging() -> None:
     """Our INFO messages on stderr; Lightning configures its own logger."""
     logger = logging.getLogger("asr_lightning")
@@ -386,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve_main(argv[1:])
         if command == "report":
             return report_main(argv[1:])
+        if command == "average":
+            return average_main(argv[1:])
         if command == "sagemaker":
             from asr_lightning.sagemaker.cli import sagemaker_main
 

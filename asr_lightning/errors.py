@@ -59,3 +59,7 @@ class VocabularyError(AsrLightningError):
 
 class ModelError(AsrLightningError):
     """A model or checkpoint cannot be loaded or used as asked."""
+
+
+class CheckpointMismatchError(ModelError):
+    """Checkpoints to average hold different tensors or were trained for different models."""

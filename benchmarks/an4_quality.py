@@ -8,13 +8,16 @@ Steps, each through the ``asr-lightning`` command:
    never trained on, and the test set is only read once, at the end;
 3. write synthetic coloured noise for the noise augmentation (``manifests/an4/noise/``);
 4. ``asr-lightning fit --config configs/an4.yaml`` under a wall-clock limit;
-5. ``asr-lightning test`` with the best checkpoint (lowest development WER) and the last one.
+5. ``asr-lightning test`` with the best checkpoint (lowest development WER) and the last one;
+   with ``--average K`` also with the average of the K best (``asr-lightning average --best K``,
+   the fit keeping K checkpoints).
 
 It prints the training minutes, the test WER/CER and the development WER/CER curve over time
 (read from the TensorBoard event files) and exits with 1 when the test WER misses the target.
 
     python benchmarks/an4_quality.py                     # the full 30-minute run
     python benchmarks/an4_quality.py --prepare-only      # steps 1-3, then use the config alone
+    python benchmarks/an4_quality.py --average 5         # also test the average of the 5 best
 """
 
 from __future__ import annotations
@@ -136,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock limit")
     parser.add_argument("--target-wer", type=float, default=TARGET_WER)
     parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument(
+        "--average", type=int, default=0, metavar="K",
+        help="also test the average of the K best checkpoints by dev WER (fit keeps K)",
+    )  # fmt: skip
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fit options")
     args = parser.parse_args(argv)
 
@@ -157,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     fit_cmd += ["--trainer.max_time", f"00:{limit}", "--trainer.enable_progress_bar", "false"]
     fit_cmd += ["--trainer.default_root_dir", str(work / "fit")]
     fit_cmd += ["--trainer.logger.init_args.save_dir", str(work / "fit")]
-    fit_cmd += ["--trainer.logger.init_args.name", "", *args.extra]
+    fit_cmd += ["--trainer.logger.init_args.name", ""]
+    if args.average:  # keep the K best (the config keeps 2); what is trained does not change
+        fit_cmd += ["--checkpoint.save_top_k", str(max(args.average, 2))]
+    fit_cmd += args.extra
     fit_started = time.time()
     fit_seconds = run(fit_cmd, log_path)
 
@@ -168,12 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     last_wer, last_cer = test(
         args.config, fit_dir / "checkpoints/last.ckpt", work / "test_last", log_path
     )
+    if args.average:
+        averaged = work / f"averaged_best{args.average}.ckpt"
+        average_cmd = ["asr-lightning", "average", str(fit_dir), "--best", str(args.average)]
+        run([*average_cmd, "--output", str(averaged)], log_path)
+        avg_wer, avg_cer = test(args.config, averaged, work / "test_averaged", log_path)
 
     print(f"\nfit (start-up + training + end-of-fit export): {fit_seconds / 60:.1f} min")
     print(f"run folder: {fit_dir}\n")
     print("| checkpoint | test WER | test CER |\n| --- | --- | --- |")
     print(f"| best on dev ({best.name}) | {100 * best_wer:.1f}% | {100 * best_cer:.1f}% |")
-    print(f"| last | {100 * last_wer:.1f}% | {100 * last_cer:.1f}% |\n")
+    print(f"| last | {100 * last_wer:.1f}% | {100 * last_cer:.1f}% |")
+    if args.average:
+        print(
+            f"| average of the {args.average} best on dev | {100 * avg_wer:.1f}% | "
+            f"{100 * avg_cer:.1f}% |"
+        )
+    print()
     print("| minutes since fit started | step | dev WER | dev CER |")
     print("| --- | --- | --- | --- |")
     cers = {step: value for step, _, value in curve["val/cer"]}

@@ -8,6 +8,14 @@ metric lines for SageMaker, and the optional ONNX export.
         - class_path: asr_lightning.training.callbacks.ONNXExport
           init_args: {quantize: int8, check_audio: [data/quickstart/audio/test-00000.opus]}
 
+``AverageCheckpoints`` averages the weights of the best (by the monitored dev metric) or last few
+checkpoints at the end of ``fit`` into ``<run folder>/averaged.ckpt`` and its HF folder::
+
+    trainer:
+      callbacks:
+        - class_path: asr_lightning.training.callbacks.AverageCheckpoints
+          init_args: {k: 3}  # needs checkpoint.save_top_k >= 3
+
 ``MetricLines`` prints, after each validation (not the sanity check), on global rank zero, the
 line SageMaker's metric definitions (``eval_wer=([0-9.]+)``) read from the job's log::
 
@@ -18,17 +26,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from asr_lightning.artifacts import HF_SUBDIR, ONNX_FOLDER
+from asr_lightning.artifacts import (
+    AVERAGED_CHECKPOINT,
+    AVERAGED_HF_SUBDIR,
+    HF_SUBDIR,
+    ONNX_FOLDER,
+)
 from asr_lightning.errors import ConfigError
 from asr_lightning.export.onnx import DEFAULT_OPSET, Quantization, export_loaded
 from asr_lightning.inference.models import LoadedModel
+from asr_lightning.model.averaging import (
+    average_checkpoints,
+    read_info,
+    select_best,
+    select_last,
+)
 from asr_lightning.sagemaker.contract import PRINTED_METRICS, metric_line
 from asr_lightning.training.loggers import run_dir
 
@@ -204,6 +223,97 @@ class ONNXExport(pl.Callback):
             rank_zero_info(report.render())
         self.exported_to = out
         trainer.strategy.barrier("onnx_export")
+
+
+class AverageCheckpoints(pl.Callback):
+    """At the end of ``fit``, averages the weights of the ``k`` best checkpoints (by the
+    checkpoint callback's monitored metric, e.g. the development WER) or of the last ``k``.
+
+    Writes ``averaged.ckpt`` (weights and hyperparameters: no optimizer state, so ``test
+    --ckpt_path``, ``transcribe`` and ``export`` read it, ``fit`` does not resume from it) and,
+    with ``save_hf``, its Hugging Face folder; the module then holds the averaged weights (until
+    ``SaveHFModel``, when configured after this callback, loads the best ones). Fewer
+    checkpoints than ``k`` (fewer validations): those there are, with a warning.
+
+    Args:
+        k: How many checkpoints to average.
+        mode: ``best``: the ``k`` best by the monitored metric (needs ``checkpoint.save_top_k``
+            >= ``k``); ``last``: the ``k`` of the highest steps, icefall's ``--avg`` (needs
+            ``checkpoint.save_top_k: -1``, every validation's checkpoint kept).
+        dirpath: Where to write ``averaged.ckpt`` and ``hf_model_averaged``; defaults to the
+            run folder (:func:`~asr_lightning.training.loggers.run_dir`).
+        save_hf: Also write the Hugging Face folder of the averaged weights.
+    """
+
+    def __init__(
+        self,
+        k: int = 5,
+        mode: Literal["best", "last"] = "best",
+        dirpath: str | None = None,
+        save_hf: bool = True,
+    ) -> None:
+        if k < 1:
+            raise ConfigError(f"AverageCheckpoints.k must be >= 1, got {k}")
+        self.k = k
+        self.mode = mode
+        self.dirpath = dirpath
+        self.save_hf = save_hf
+        self.averaged_to: Path | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse, before training, a checkpoint callback that cannot keep what is averaged."""
+        if stage != "fit":
+            return
+        checkpointing = trainer.checkpoint_callback
+        if not isinstance(checkpointing, ModelCheckpoint) or not checkpointing.monitor:
+            raise ConfigError(
+                "AverageCheckpoints averages the checkpoints of a ModelCheckpoint with a monitor: "
+                "enable checkpointing (trainer.enable_checkpointing: true, checkpoint.monitor)"
+            )
+        top_k = checkpointing.save_top_k
+        if self.mode == "last" and top_k != -1:
+            raise ConfigError(
+                "AverageCheckpoints(mode=last) averages the last validations' checkpoints: keep "
+                f"them all with checkpoint.save_top_k: -1 (it is {top_k})"
+            )
+        if self.mode == "best" and top_k != -1 and top_k < self.k:
+            raise ConfigError(
+                f"AverageCheckpoints(k={self.k}) needs the {self.k} best checkpoints kept: set "
+                f"checkpoint.save_top_k: {self.k} (it is {top_k})"
+            )
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted or trainer.sanity_checking:
+            return
+        out = Path(self.dirpath) if self.dirpath else run_dir(trainer)
+        if trainer.is_global_zero:  # the only rank that writes, and has the checkpoints on disk
+            self._average(trainer, pl_module, out)
+        self.averaged_to = out / AVERAGED_CHECKPOINT
+        trainer.strategy.barrier("average_checkpoints")
+
+    def _average(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: Path) -> None:
+        checkpointing = trainer.checkpoint_callback
+        kept = [Path(path) for path in getattr(checkpointing, "best_k_models", {})]
+        infos = [read_info(path) for path in kept if path.is_file()]
+        if not infos:
+            rank_zero_warn("AverageCheckpoints: no checkpoint was saved (no validation?)")
+            return
+        chosen = select_best(infos, self.k) if self.mode == "best" else select_last(infos, self.k)
+        if len(chosen) < self.k:
+            rank_zero_warn(
+                f"AverageCheckpoints: averaging {len(chosen)} checkpoint(s), not {self.k}: only "
+                f"{len(chosen)} validation(s) were checkpointed"
+            )
+        selection = f"{self.mode} {len(chosen)} by {checkpointing.monitor}"
+        report = average_checkpoints(
+            [info.path for info in chosen], out / AVERAGED_CHECKPOINT, selection
+        )
+        rank_zero_info(report.render())
+        if self.save_hf:
+            averaged = torch.load(report.output, map_location="cpu", weights_only=False)
+            pl_module.load_state_dict(averaged["state_dict"])
+            pl_module.save_hf(out / AVERAGED_HF_SUBDIR)
+            rank_zero_info(f"saved the averaged Hugging Face folder to {out / AVERAGED_HF_SUBDIR}")
 
 
 class MetricLines(pl.Callback):

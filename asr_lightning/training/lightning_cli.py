@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from asr_lightning.decoding.options import DecodingOptions
 from asr_lightning.errors import ConfigError
+from asr_lightning.model.averaging import is_averaged_checkpoint
 from asr_lightning.training.callbacks import (
     MetricLines,
     ResumableCheckpoint,
@@ -98,6 +99,7 @@ class ASRLightningCLI(LightningCLI):
         wanted = config.get("ckpt_path")
         if self.subcommand == "fit" and wanted:
             _quiet_resume_warnings()
+            _refuse_averaged(wanted)
         if wanted not in ("last", "best") or (wanted == "best" and self.subcommand == "fit"):
             return
         folders, logger_args = _checkpoint_folders(config)
@@ -154,6 +156,18 @@ class ASRLightningCLI(LightningCLI):
 def _plain_values(options: Any) -> dict[str, Any]:
     """The ``decoding`` section as a plain mapping (what checkpoints and loggers keep)."""
     return dict(vars(options)) if not isinstance(options, dict) else dict(options)
+
+
+def _refuse_averaged(ckpt_path: str) -> None:
+    """``fit --ckpt_path`` of an averaged checkpoint: it has no optimizer or loop to resume."""
+    if ckpt_path not in ("last", "best") and is_averaged_checkpoint(ckpt_path):
+        raise ConfigError(
+            f"--ckpt_path {ckpt_path} is an averaged checkpoint (asr-lightning average): it holds "
+            "weights only, no optimizer, scheduler or loop state, so fit cannot resume from it. "
+            "Evaluate or export it (test --ckpt_path, transcribe, export), or train on from its "
+            "weights: asr-lightning average ... --hf-output DIR, then fit "
+            "--model.model_name_or_path DIR"
+        )
 
 
 def _quiet_resume_warnings() -> None:
