@@ -231,8 +231,8 @@ class AverageCheckpoints(pl.Callback):
 
     Writes ``averaged.ckpt`` (weights and hyperparameters: no optimizer state, so ``test
     --ckpt_path``, ``transcribe`` and ``export`` read it, ``fit`` does not resume from it) and,
-    with ``save_hf``, its Hugging Face folder; the module then holds the averaged weights (until
-    ``SaveHFModel``, when configured after this callback, loads the best ones). Fewer
+    with ``save_hf``, its Hugging Face folder (the module's own weights are put back after it).
+    Fewer
     checkpoints than ``k`` (fewer validations): those there are, with a warning.
 
     Args:
@@ -311,8 +311,12 @@ class AverageCheckpoints(pl.Callback):
         rank_zero_info(report.render())
         if self.save_hf:
             averaged = torch.load(report.output, map_location="cpu", weights_only=False)
-            pl_module.load_state_dict(averaged["state_dict"])
-            pl_module.save_hf(out / AVERAGED_HF_SUBDIR)
+            own = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            try:
+                pl_module.load_state_dict(averaged["state_dict"])
+                pl_module.save_hf(out / AVERAGED_HF_SUBDIR)
+            finally:  # the module keeps the weights it trained to: nothing changes behind it
+                pl_module.load_state_dict(own)
             rank_zero_info(f"saved the averaged Hugging Face folder to {out / AVERAGED_HF_SUBDIR}")
 
 
