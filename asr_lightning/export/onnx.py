@@ -108,7 +108,7 @@ def export_onnx(
         decoding: decoding settings (and LM) for the folder to carry; ``None``: those of the
             model folder or checkpoint, if any.
     """
-    _check_opset(opset)
+    check_opset(opset)
     loaded = load_model(model_path)
     decoding = decoding or loaded.decoding or resolve_decoding(model_path)
     return export_loaded(
@@ -126,11 +126,11 @@ def export_loaded(
     decoding: DecodingOptions = DEFAULT_DECODING,
 ) -> ExportReport:
     """:func:`export_onnx` of a model already in memory (the export callback's entry point)."""
-    _check_opset(opset)
+    check_opset(opset)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_decoding(decoding, out)
-    clips = [load_audio(clip) for clip in check_audio] or _synthetic_clips()
+    clips = [load_audio(clip) for clip in check_audio] or synthetic_clips()
     wrapper = CTCLogits(loaded.model).eval()
     _torch_export(wrapper, loaded, clips, out / ONNX_FILE, opset)
     save_processor(loaded, out, opset=opset, source=source)
@@ -144,14 +144,16 @@ def export_loaded(
     return report
 
 
-def _check_opset(opset: int) -> None:
+def check_opset(opset: int) -> None:
+    """Raises unless ``opset`` has what the exported graphs use."""
     if opset < MIN_OPSET:
         raise ConfigError(
             f"opset must be >= {MIN_OPSET} (scaled dot-product attention), got {opset}"
         )
 
 
-def _synthetic_clips() -> list[np.ndarray]:
+def synthetic_clips() -> list[np.ndarray]:
+    """Tone-and-noise clips of a few lengths, to trace and check a graph when no audio is given."""
     rng = np.random.default_rng(0)
     clips = []
     for seconds in _SYNTHETIC_CHECK_S:
@@ -177,24 +179,41 @@ def _torch_export(
         "logits": {0: "batch", 1: "frames"},
         "logit_lengths": {0: "batch"},
     }
-    log.info("exporting %s to %s (opset %s)", type(loaded.model).__name__, path, opset)
+    trace_export(
+        wrapper, args, path, INPUT_NAMES, OUTPUT_NAMES, dynamic_axes, opset,
+        f"ONNX export of {type(loaded.model).__name__}",
+    )  # fmt: skip
+
+
+def trace_export(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+    what: str,
+) -> None:
+    """``torch.onnx.export`` (the TorchScript tracer) of ``module`` on ``args``, any failure a
+    :class:`ModelError` that says ``what`` failed."""
+    log.info("%s to %s (opset %s)", what, path, opset)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         try:
             torch.onnx.export(
-                wrapper,
+                module,
                 args,
                 str(path),
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
+                input_names=list(input_names),
+                output_names=list(output_names),
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 dynamo=False,
             )
         except Exception as err:  # the exporter raises many unrelated types
             raise ModelError(
-                f"ONNX export of {type(loaded.model).__name__} failed: {err}\nTry another "
-                "--opset, or report the model type"
+                f"{what} failed: {err}\nTry another --opset, or report the model type"
             ) from err
 
 

@@ -34,7 +34,6 @@ them.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,8 +45,8 @@ import torch
 from asr_lightning.artifacts import ONNX_FILE
 from asr_lightning.audio.decode import SAMPLE_RATE, AudioSource, load_audio
 from asr_lightning.decoding.options import DecodingOptions
-from asr_lightning.errors import ConfigError, ModelError
-from asr_lightning.export.onnx import DEFAULT_OPSET, MIN_OPSET
+from asr_lightning.errors import ModelError
+from asr_lightning.export.onnx import DEFAULT_OPSET, check_opset, synthetic_clips, trace_export
 from asr_lightning.inference.models import CTCLogits, LoadedModel, load_model
 from asr_lightning.model.families import blank_token_id
 from asr_lightning.model.features import (
@@ -79,8 +78,6 @@ SHERPA_FRONT_END = {
     "n_fft": 512,
     "preemphasis": 0.97,
 }
-#: Lengths (seconds) of the synthetic clips used when no check audio is given.
-_SYNTHETIC_CHECK_S = (1.7, 0.9)
 
 
 @dataclass(frozen=True)
@@ -151,10 +148,7 @@ def export_sherpa(
     Raises:
         ModelError: the model's input is not a filter bank sherpa-onnx computes.
     """
-    if opset < MIN_OPSET:
-        raise ConfigError(
-            f"opset must be >= {MIN_OPSET} (scaled dot-product attention), got {opset}"
-        )
+    check_opset(opset)
     loaded = load_model(model_path)
     check_compatible(loaded, str(model_path))
     decoding = decoding or loaded.decoding
@@ -167,7 +161,7 @@ def export_sherpa(
         )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clips = [load_audio(clip) for clip in check_audio] or _synthetic_clips()
+    clips = [load_audio(clip) for clip in check_audio] or synthetic_clips()
     graph = NemoCTCGraph(loaded.model).eval()
     front_end = LogMelFrontEnd(loaded.feature_extractor)
     _torch_export(graph, front_end(clips[:2]), out / ONNX_FILE, opset)
@@ -332,34 +326,7 @@ def _torch_export(
         "length": {0: "batch"},
         "logprobs": {0: "batch", 1: "frames"},
     }
-    log.info(
-        "exporting %s for sherpa-onnx to %s (opset %s)", type(graph.ctc.model).__name__, path, opset
-    )
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-        try:
-            torch.onnx.export(
-                graph,
-                args,
-                str(path),
-                input_names=list(SHERPA_INPUT_NAMES),
-                output_names=list(SHERPA_OUTPUT_NAMES),
-                dynamic_axes=dynamic_axes,
-                opset_version=opset,
-                dynamo=False,
-            )
-        except Exception as err:  # the exporter raises many unrelated types
-            raise ModelError(
-                f"sherpa-onnx export of {type(graph.ctc.model).__name__} failed: {err}\nTry "
-                "another --opset, or report the model type"
-            ) from err
-
-
-def _synthetic_clips() -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    clips = []
-    for seconds in _SYNTHETIC_CHECK_S:
-        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-        tones = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 440.0, 1250.0))
-        clips.append((0.1 * tones + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
-    return clips
+    trace_export(
+        graph, args, path, SHERPA_INPUT_NAMES, SHERPA_OUTPUT_NAMES, dynamic_axes, opset,
+        f"sherpa-onnx export of {type(graph.ctc.model).__name__}",
+    )  # fmt: skip

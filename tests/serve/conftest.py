@@ -1,4 +1,4 @@
-"""Real speech clips in the formats a client sends."""
+"""Real speech clips in the formats a client sends, and the tiny model the servers serve."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 import soundfile as sf
 
 from asr_lightning.audio.decode import load_audio
+from asr_lightning.inference.transcriber import Transcriber
+from tests.model.tiny import scratch_module
 
 AN4_CLIP = Path("an4/wav/an4test_clstk/fcaw/an406-fcaw-b.sph")
 
@@ -40,3 +42,16 @@ def encoded(speech, tmp_path_factory) -> dict[str, bytes]:
         files[name] = out.read_bytes()
     files["pcm"] = (np.clip(speech, -1, 1) * 32767).astype("<i2").tobytes()
     return files
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A tiny random wav2vec2 (random models emit characters: transcripts are not empty)."""
+    folder = tmp_path_factory.mktemp("tiny") / "hf_model"
+    scratch_module("wav2vec2", seed=5).save_hf(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def transcriber(model_folder) -> Transcriber:
+    return Transcriber.from_pretrained(model_folder)

@@ -18,28 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from asr_lightning.inference.transcriber import Transcriber
 from asr_lightning.serve.app import ServeOptions, ServingApp
 from asr_lightning.serve.batching import BatchOptions
 from asr_lightning.serve.requests import parse_request
 from asr_lightning.serve.server import AsrServer
-from tests.model.tiny import scratch_module
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_BODY = 512 * 1024
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    """A tiny random wav2vec2 (random models emit characters: transcripts are not empty)."""
-    folder = tmp_path_factory.mktemp("tiny") / "hf_model"
-    scratch_module("wav2vec2", seed=5).save_hf(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def transcriber(model_folder) -> Transcriber:
-    return Transcriber.from_pretrained(model_folder)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import logging
 import socket
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,14 +19,12 @@ from websockets.sync.client import connect
 
 from asr_lightning.decoding.decoder import Word
 from asr_lightning.errors import ConfigError
-from asr_lightning.inference.transcriber import Transcriber
 from asr_lightning.serve import streaming as st
 from asr_lightning.serve.app import ServeOptions, ServingApp
 from asr_lightning.serve.asgi import create_app
 from asr_lightning.serve.batching import BatchOptions
 from asr_lightning.serve.requests import PCM_ENCODING, parse_request
 from asr_lightning.serve.server import AsrServer
-from tests.model.tiny import scratch_module
 
 CHUNK_S = 0.1
 
@@ -127,18 +124,6 @@ def test_stream_options_are_checked(field):
 
 
 # -- a live server ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny") / "hf_model"
-    scratch_module("wav2vec2", seed=5).save_hf(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def transcriber(model_folder) -> Transcriber:
-    return Transcriber.from_pretrained(model_folder)
 
 
 @pytest.fixture(scope="module")
