@@ -16,6 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from asr_lightning.data.spec_augment import (
+    SpecAugmentOptions,
+    check_filter_bank,
+    mask_generator,
+    spec_augment,
+)
+
 log = logging.getLogger(__name__)
 
 #: Rate of the audio in dataset items (``asr_lightning.audio.decode.SAMPLE_RATE``).
@@ -78,11 +85,22 @@ class CTCCollator:
         featurize: The model's feature function (the same one inference runs), in DataLoader
             workers once per batch.
         model_input_name: The model's input keyword (``input_values`` or ``input_features``).
+        spec_augment: Time and frequency masks on the features of filter-bank models, for the
+            training collator only (:mod:`asr_lightning.data.spec_augment`); each item is
+            masked with the generator of its ``seed``.
     """
 
-    def __init__(self, featurize: FeatureFunction, model_input_name: str) -> None:
+    def __init__(
+        self,
+        featurize: FeatureFunction,
+        model_input_name: str,
+        spec_augment: SpecAugmentOptions | None = None,
+    ) -> None:
+        if spec_augment is not None:
+            check_filter_bank(model_input_name)
         self.featurize = featurize
         self.model_input_name = model_input_name
+        self.spec_augment = spec_augment
         self._empty_shape: tuple[int, ...] | None = None  # input shape of a batch of 0 rows
 
     def _extract(self, audios: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +127,8 @@ class CTCCollator:
         audios = [np.asarray(example.audio, dtype=np.float32) for example in examples]
         lengths = torch.tensor([audio.shape[0] for audio in audios], dtype=torch.long)  # (B,)
         inputs, mask = self._extract(audios)  # (B, [1,] T) or (B, T, F); (B, T)
+        if self.spec_augment is not None:
+            inputs = self._mask(inputs, mask, examples)
         return {
             self.model_input_name: inputs,
             "attention_mask": mask,
@@ -121,6 +141,19 @@ class CTCCollator:
             "details": [details(example) for example in examples],
             "skipped_details": skipped_details,
         }
+
+    def _mask(
+        self, inputs: torch.Tensor, mask: torch.Tensor, examples: Sequence[Any]
+    ) -> torch.Tensor:
+        """``inputs`` with each row's SpecAugment masks, drawn from its item's seed."""
+        if any(getattr(example, "seed", None) is None for example in examples):
+            raise ValueError(
+                "spec_augment draws each item's masks from its seed (data seed, epoch, index), "
+                "and these items have none: ASRDataset and StreamingASRDataset give it"
+            )
+        rngs = [mask_generator(example.seed) for example in examples]
+        masked = spec_augment(inputs.numpy(), mask.sum(dim=1).numpy(), rngs, self.spec_augment)
+        return torch.from_numpy(masked)
 
     def _empty_batch(
         self,

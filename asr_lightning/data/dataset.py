@@ -36,6 +36,7 @@ class Example:
     text: str  # normalized reference
     speaker: str | None = None
     audio_path: str | None = None  # the file it was decoded from, if any (evaluation reports)
+    seed: tuple[int, ...] | None = None  # (data seed, epoch, index): its random draws this epoch
 
 
 @dataclass
@@ -141,7 +142,9 @@ class ASRDataset(Dataset):
         # level first, so the augmenter's random gain still varies the level the model sees
         if self.level != "none":
             audio = normalize_level(audio, self.level)
+        seed = (self.seed, epoch, index)
         if self.augmenter is not None:
-            audio = self.augmenter(audio, np.random.default_rng([self.seed, epoch, index]))
+            audio = self.augmenter(audio, np.random.default_rng(seed))
         labels = self.label_encoder(item.text)
-        return Example(item.id, audio, labels, item.text, item.speaker, audio_path(item.audio))
+        path = audio_path(item.audio)
+        return Example(item.id, audio, labels, item.text, item.speaker, path, seed)

@@ -151,11 +151,11 @@ class StreamingASRDataset(IterableDataset):
                 continue
             if self.level != "none":
                 audio = normalize_level(audio, self.level)
+            seed = (self.seed, self.epoch, index)
             if self.augmenter is not None:
-                rng = np.random.default_rng([self.seed, self.epoch, index])
-                audio = self.augmenter(audio, rng)
+                audio = self.augmenter(audio, np.random.default_rng(seed))
             labels = self.label_encoder(text)
-            yield Example(utt.id, audio, labels, text, utt.speaker, path), seconds
+            yield Example(utt.id, audio, labels, text, utt.speaker, path, seed), seconds
 
     def __iter__(self) -> Iterator[list[Example | Skipped]]:
         shards, shard = self._shard()

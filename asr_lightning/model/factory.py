@@ -103,6 +103,11 @@ def with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
             known = sorted(top_fields.union(*sub_fields.values()))
             close = difflib.get_close_matches(key, known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
+            if key in MASKING_OPTIONS:  # in-model masking is the wav2vec2 family's
+                hint = (
+                    " This model masks no hidden states; for a filter-bank model, mask its "
+                    "features with data.spec_augment (time and frequency masks) instead."
+                )
             raise ConfigError(
                 f"{key!r} is not an option of {config.model_type!r} models "
                 f"({config_class.__name__}).{hint} Remove it from the model settings."

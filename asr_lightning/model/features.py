@@ -32,6 +32,7 @@ from scipy.sparse import csr_matrix
 from asr_lightning.audio.augment import LEVEL_MODES, LevelMode
 from asr_lightning.audio.decode import SAMPLE_RATE
 from asr_lightning.data.collate import WAVEFORM_INPUT, CTCCollator
+from asr_lightning.data.spec_augment import SpecAugmentOptions
 from asr_lightning.errors import ConfigError, ModelError
 from asr_lightning.model.ctc import output_lengths
 
@@ -53,11 +54,17 @@ def has_log_mel_front_end(feature_extractor: Any) -> bool:
     return type(feature_extractor).__name__ == "ParakeetFeatureExtractor"
 
 
-def collator(feature_extractor: Any) -> CTCCollator:
+def collator(feature_extractor: Any, spec_augment: SpecAugmentOptions | None = None) -> CTCCollator:
     """The training collator for a model's feature extractor: the same features as inference.
 
+    Args:
+        feature_extractor: the model's feature extractor.
+        spec_augment: SpecAugment masks for the training split of a filter-bank model; never
+            given for evaluation or inference.
+
     Raises:
-        ConfigError: the extractor expects another sampling rate than the data's 16 kHz.
+        ConfigError: the extractor expects another sampling rate than the data's 16 kHz, or
+            ``spec_augment`` is given for a waveform model.
     """
     rate = getattr(feature_extractor, "sampling_rate", SAMPLE_RATE)
     if rate != SAMPLE_RATE:
@@ -65,7 +72,9 @@ def collator(feature_extractor: Any) -> CTCCollator:
             f"the feature extractor expects {rate} Hz audio but items are {SAMPLE_RATE} Hz: "
             "use a 16 kHz model or resample its feature extractor's audio"
         )
-    return CTCCollator(feature_function(feature_extractor), feature_extractor.model_input_names[0])
+    return CTCCollator(
+        feature_function(feature_extractor), feature_extractor.model_input_names[0], spec_augment
+    )
 
 
 def feature_function(feature_extractor: Any) -> FeatureFunction:

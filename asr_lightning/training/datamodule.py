@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 from asr_lightning.audio.augment import AugmentConfig, Augmenter
 from asr_lightning.audio.decode import DEFAULT_BACKENDS, SAMPLE_RATE, Backend
 from asr_lightning.data.bucketing import DurationBucketSampler
+from asr_lightning.data.collate import CTCCollator
 from asr_lightning.data.dataset import ASRDataset
 from asr_lightning.data.durations import DEFAULT_CACHE_PATH
 from asr_lightning.data.filters import FilterReport, FilterRules
@@ -37,6 +38,7 @@ from asr_lightning.data.sources import (
     iter_source,
     parse_spec,
 )
+from asr_lightning.data.spec_augment import SpecAugmentOptions, check_filter_bank
 from asr_lightning.data.streaming import DEFAULT_BUFFER_SIZE, StreamingASRDataset
 from asr_lightning.data.table import ItemTable, ItemTableBuilder
 from asr_lightning.errors import ConfigError, VocabularyError
@@ -137,6 +139,10 @@ class ASRDataModule(pl.LightningDataModule):
             samples in memory (float32, about 230 MB per hour of audio, shared with the forked
             workers), instead of decoding each file again every epoch.
         augment: Training-only waveform augmentation; ``None`` disables it.
+        spec_augment: Training-only SpecAugment time and frequency masks on the features of
+            filter-bank models (Parakeet, LASR, w2v-BERT); ``{}`` for NeMo's Conformer-CTC
+            defaults, ``None`` (the default) disables it. wav2vec2-family models mask inside
+            the model instead (``model.mask_time_prob``).
         level: Level normalization applied to every split (AN4 audio is quiet).
         decode_backends: Audio decoders tried in this order.
         duration_cache: SQLite file caching measured durations (shared with ``data check
@@ -172,6 +178,7 @@ class ASRDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         cache_audio: bool = False,
         augment: AugmentConfig | None = None,
+        spec_augment: SpecAugmentOptions | None = None,
         level: Literal["none", "peak", "rms"] = "none",
         decode_backends: Sequence[Backend] = DEFAULT_BACKENDS,
         duration_cache: str | None = DEFAULT_CACHE_PATH,
@@ -215,6 +222,7 @@ class ASRDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.cache_audio = cache_audio
         self.augment = augment
+        self.spec_augment = spec_augment
         self.level = level
         self.decode_backends = tuple(decode_backends)
         self.duration_cache = duration_cache
@@ -392,6 +400,8 @@ class ASRDataModule(pl.LightningDataModule):
             "test": ("test",),
             "predict": ("predict",),
         }.get(stage or "fit", ("train", "validation", "test", "predict"))
+        if self.spec_augment is not None and "train" in wanted:  # before any set is read
+            check_filter_bank(self.feature_extractor.model_input_names[0])
         for split in wanted:
             if split in self.datasets or not self.sources[split]:
                 continue
@@ -491,21 +501,27 @@ class ASRDataModule(pl.LightningDataModule):
         )
 
     # ----------------------------------------------------------------------------- loaders
-    def _stream_loader(self, dataset: StreamingASRDataset) -> DataLoader:
+    def _collator(self, train: bool) -> CTCCollator:
+        """The batch collator; only the training split's masks features (``spec_augment``)."""
+        return collator(self.feature_extractor, self.spec_augment if train else None)
+
+    def _stream_loader(self, dataset: StreamingASRDataset, train: bool = False) -> DataLoader:
         # workers are re-created every epoch so they see the epoch set by _EpochLoader
         return _EpochLoader(
             dataset,
             epoch=lambda: getattr(getattr(self, "trainer", None), "current_epoch", 0),
             batch_size=None,
-            collate_fn=collator(self.feature_extractor),
+            collate_fn=self._collator(train),
             num_workers=self.num_workers,
         )
 
-    def _loader(self, dataset: ASRDataset, sampler: DurationBucketSampler) -> DataLoader:
+    def _loader(
+        self, dataset: ASRDataset, sampler: DurationBucketSampler, train: bool = False
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_sampler=EpochTaggedSampler(sampler),
-            collate_fn=collator(self.feature_extractor),
+            collate_fn=self._collator(train),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,
@@ -520,7 +536,7 @@ class ASRDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self._only("train")
         if isinstance(dataset, StreamingASRDataset):
-            return self._stream_loader(dataset)
+            return self._stream_loader(dataset, train=True)
         replicas, rank = self._world()
         sampler = DurationBucketSampler(
             dataset.durations,
@@ -547,7 +563,7 @@ class ASRDataModule(pl.LightningDataModule):
             sampler.batches_per_epoch,
             100 * sampler.padding_fraction,
         )
-        return self._loader(dataset, sampler)
+        return self._loader(dataset, sampler, train=True)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         replicas, rank = self._world()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from asr_lightning.data.collate import LABEL_PAD_ID
+from asr_lightning.data.spec_augment import FILL_VALUE, SpecAugmentOptions
 from asr_lightning.errors import ConfigError
 from asr_lightning.model.features import collator
 
@@ -29,6 +30,7 @@ class Example:
     text: str
     speaker: str | None = None
     audio_path: str | None = None
+    seed: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -156,3 +158,45 @@ def test_every_item_brings_its_duration_speaker_and_file(examples: list[Example]
 def test_bad_configuration_raises_config_error() -> None:
     with pytest.raises(ConfigError, match="8000 Hz"):
         collator(Wav2Vec2FeatureExtractor(sampling_rate=8000))
+
+
+def _seeded(examples: list[Example], epoch: int) -> list[Example]:
+    return [replace(e, seed=(42, epoch, index)) for index, e in enumerate(examples)]
+
+
+def test_spec_augment_masks_only_the_valid_frames_of_a_training_batch(examples) -> None:
+    extractor = ParakeetFeatureExtractor()
+    clean = collator(extractor)(_seeded(examples, 0))
+    masked = collator(extractor, SpecAugmentOptions())(_seeded(examples, 0))
+
+    features, mask = clean["input_features"], clean["attention_mask"]
+    changed = masked["input_features"] != features  # (B, T, F)
+    assert torch.equal(masked["attention_mask"], mask)
+    assert (masked["input_features"][changed] == FILL_VALUE).all()
+    for row, count in enumerate(mask.sum(1).tolist()):
+        assert changed[row, :count].any()  # each utterance got masks
+        assert not masked["input_features"][row, count:].any()  # padding as the extractor left it
+        whole_frames = changed[row, :count].all(dim=1).sum()
+        assert 0 < whole_frames < count  # time masks: some frames, not all
+    _check_labels_and_meta(masked, examples)
+
+
+def test_spec_augment_masks_follow_the_items_seed_not_the_batch(examples) -> None:
+    collate = collator(ParakeetFeatureExtractor(), SpecAugmentOptions())
+    epoch0, again = collate(_seeded(examples, 0)), collate(_seeded(examples, 0))
+    epoch1 = collate(_seeded(examples, 1))
+    alone = collate(_seeded(examples, 0)[2:])  # the same item in a batch of its own
+
+    assert torch.equal(epoch0["input_features"], again["input_features"])
+    assert not torch.equal(epoch0["input_features"], epoch1["input_features"])
+    frames = int(alone["attention_mask"][0].sum())
+    torch.testing.assert_close(
+        alone["input_features"][0, :frames], epoch0["input_features"][2, :frames]
+    )
+
+
+def test_spec_augment_needs_a_filter_bank_model_and_seeded_items(examples) -> None:
+    with pytest.raises(ConfigError, match="input_values.*model.mask_time_prob"):
+        collator(Wav2Vec2FeatureExtractor(), SpecAugmentOptions())
+    with pytest.raises(ValueError, match="seed"):
+        collator(ParakeetFeatureExtractor(), SpecAugmentOptions())(examples)

@@ -82,6 +82,13 @@ def test_cache_decodes_each_file_once(items: list[Item], monkeypatch) -> None:
     assert calls == []
 
 
+def test_each_example_carries_the_seed_of_its_random_draws(items: list[Item]) -> None:
+    """``(data seed, epoch, index)``: the collator's SpecAugment masks draw from it."""
+    dataset = ASRDataset(items, _labels, backends=BACKENDS, seed=42)
+    assert dataset[(3, 5)].seed == (42, 5, 3)
+    assert dataset[0].seed == (42, 0, 0)
+
+
 def test_cache_keeps_augmentation_per_epoch_and_is_not_written(items: list[Item]) -> None:
     augment = Augmenter(AugmentConfig(speed_prob=0.0, gain_prob=1.0), seed=1)
     plain = ASRDataset(items, _labels, augmenter=augment, backends=BACKENDS)

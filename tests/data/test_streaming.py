@@ -140,6 +140,11 @@ def test_stream_shards_by_rank_and_reshuffles_by_epoch(tmp_path, text_side):
     second = [[item.id for item in batch] for batch in dataset]
     assert sorted(map(sorted, first)) == sorted(map(sorted, second))  # same buffers
     assert first != second  # other batch order
+    # each item carries the seed of its draws this epoch: (data seed, epoch, source index)
+    order = {row["id"]: index for index, row in enumerate(text_side[0])}
+    dataset.set_epoch(3)
+    seeds = {item.id: item.seed for batch in dataset for item in batch}
+    assert seeds == {uid: (0, 3, order[uid]) for uid in seeds}
 
 
 def test_a_parquet_stream_with_embedded_audio_trains(tmp_path, text_side):

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from asr_lightning.audio.augment import AugmentConfig
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.data.prepare import prepare_an4
+from asr_lightning.data.spec_augment import FILL_VALUE, SpecAugmentOptions
 from asr_lightning.errors import ConfigError, VocabularyError
 from asr_lightning.text.vocab import build_vocab
 from asr_lightning.training.datamodule import ASRDataModule
@@ -167,6 +169,59 @@ def test_augmentation_is_train_only_and_a_function_of_seed_epoch_and_index(tmp_p
     for a, b in zip(data.train_dataloader(), other.train_dataloader(), strict=True):
         assert a["ids"] == b["ids"]
         np.testing.assert_array_equal(a["input_values"].numpy(), b["input_values"].numpy())
+
+
+def _features_by_id(loader) -> dict[str, torch.Tensor]:
+    """Each utterance's valid frames (T_i, F) over an epoch of a filter-bank loader."""
+    found = {}
+    for batch in loader:
+        for row, uid in enumerate(batch["ids"]):
+            frames = int(batch["attention_mask"][row].sum())
+            found[uid] = batch["input_features"][row, :frames]
+    return found
+
+
+def test_spec_augment_masks_training_batches_only_by_seed_and_epoch(tmp_path):
+    train = write_manifest(tmp_path / "train.jsonl", "train", 6)
+    settings = {
+        "train": str(train), "validation": str(train), "test": str(train), "predict": str(train),
+        "model_type": "parakeet_ctc", "duration_cache": None, "batch_size": 2,
+        "max_batch_seconds": None, "spec_augment": SpecAugmentOptions(), "num_workers": 0,
+    }  # fmt: skip
+    data = ASRDataModule(**settings)
+    data.setup("fit")
+    data.setup("test")
+    data.setup("predict")
+
+    masked = _features_by_id(data.train_dataloader())
+    for clean in (
+        _features_by_id(data.val_dataloader()[0]),
+        _features_by_id(data.test_dataloader()[0]),
+        _features_by_id(data.predict_dataloader()[0]),
+    ):
+        assert masked.keys() <= clean.keys()
+        for uid, features in masked.items():
+            changed = features != clean[uid]
+            assert changed.any() and (features[changed] == FILL_VALUE).all()
+            assert not (clean[uid] == FILL_VALUE).all(dim=1).any()  # no masked frame in eval
+
+    # the same masks with 2 workers and another module of the same seed; others next epoch
+    other = ASRDataModule(**{**settings, "num_workers": 2})
+    other.setup("fit")
+    again = _features_by_id(other.train_dataloader())
+    assert all(torch.equal(masked[uid], again[uid]) for uid in masked)
+    loader = other.train_dataloader()
+    loader.batch_sampler.sampler.set_epoch(1)
+    next_epoch = _features_by_id(loader)
+    assert all(not torch.equal(masked[uid], next_epoch[uid]) for uid in masked)
+
+
+def test_spec_augment_for_a_waveform_model_names_its_own_masking(tmp_path):
+    train = write_manifest(tmp_path / "train.jsonl", "train", 3)
+    data = ASRDataModule(train=str(train), spec_augment=SpecAugmentOptions(), **SCRATCH)
+    with pytest.raises(ConfigError, match="data.spec_augment.*model.mask_time_prob"):
+        data.setup("fit")
+    assert data.datasets == {}  # refused before any set is read
 
 
 def test_validation_sets_are_named_and_keep_what_training_would_drop(tmp_path):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 from collections import Counter
 from pathlib import Path
 
+import lightning
 import pytest
 import torch
 
@@ -230,3 +233,60 @@ def test_the_xlsr_recipe_fine_tunes_a_tokenizer_less_checkpoint(tmp_path, monkey
     saved = json.loads((run / "hf_model" / "config.json").read_text(encoding="utf-8"))
     assert saved["vocab_size"] == len(vocab) and saved["mask_time_prob"] == 0.05
     assert (saved["hidden_dropout"], saved["layerdrop"]) == (0.0, 0.0)
+
+
+class MaskProbe(lightning.Callback):
+    """Appends ``{"stage", "masked_frames"}`` per batch to ``<directory>/masks.jsonl``: how many
+    valid frames of the batch the model receives are wholly the SpecAugment fill value."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = Path(directory) / "masks.jsonl"
+
+    def _record(self, stage: str, batch: dict) -> None:
+        from asr_lightning.data.spec_augment import FILL_VALUE
+
+        valid = batch["attention_mask"].bool()  # (B, T)
+        filled = (batch["input_features"] == FILL_VALUE).all(dim=2)  # (B, T)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as out:
+            out.write(json.dumps({"stage": stage, "masked_frames": int((filled & valid).sum())}))
+            out.write("\n")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._record("train", batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._record("val", batch)
+
+
+def test_fit_a_parakeet_with_spec_augment_masks_training_batches_only(tmp_path):
+    import yaml
+
+    probe = tmp_path / "probe"
+    config = tiny_config(
+        tmp_path,
+        train=16,
+        evaluation=4,
+        trainer={
+            "max_steps": 4, "val_check_interval": 2,
+            "callbacks": [{"class_path": f"{__name__}.MaskProbe",
+                           "init_args": {"directory": str(probe)}}],
+        },
+        data={"spec_augment": {"num_time_masks": 4, "time_width": 20}},
+    )  # fmt: skip
+
+    assert main(["fit", "--config", str(config)]) == 0
+
+    lines = [json.loads(line) for line in (probe / "masks.jsonl").read_text().splitlines()]
+    train = [line["masked_frames"] for line in lines if line["stage"] == "train"]
+    val = [line["masked_frames"] for line in lines if line["stage"] == "val"]
+    assert len(train) == 4 and all(count > 0 for count in train)
+    assert val and all(count == 0 for count in val)
+    (run,) = run_dirs(tmp_path)
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]["spec_augment"]
+    assert saved == {
+        "num_freq_masks": 2, "freq_width": 27, "num_time_masks": 4, "time_width": 20,
+        "probability": 1.0,
+    }  # fmt: skip
+    assert isinstance(saved["time_width"], int)  # frames, not a fraction
+    assert math.isfinite(last_scalar(run, "train/loss"))

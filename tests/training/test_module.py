@@ -289,7 +289,7 @@ def test_from_scratch_the_feature_encoder_trains_unless_frozen():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"mask_time_prob": 0.05}, "mask_time_prob.*parakeet_ctc"),
+        ({"mask_time_prob": 0.05}, "mask_time_prob.*parakeet_ctc.*data.spec_augment"),
         ({"config_overrides": {"hiden_size": 8}}, "Did you mean hidden_size"),
     ],
 )
