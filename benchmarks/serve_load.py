@@ -230,8 +230,9 @@ def render(
     lines = [
         SECTION,
         "",
-        f"`python benchmarks/serve_load.py --requests {args.requests} --clients {args.clients}"
-        f" --repeats {args.repeats} --write` on `{shown}`, "
+        f"`ASR_LIGHTNING_DATA=../shared/data python benchmarks/serve_load.py --model {shown} "
+        f"--audio '{args.audio}' --requests {args.requests} --clients {args.clients}"
+        f" --repeats {args.repeats} --write`: "
         f"{len(clips)} clips of `{args.audio}` ({args.clips_seconds:.1f} s of audio in all); "
         f"2 shared CPU cores, `uptime` at the start: `{load}`. Every valid answer equalled "
         f"the offline Transcriber's ({nonempty} valid requests had a non-empty transcript); "
