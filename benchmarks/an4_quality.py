@@ -26,6 +26,7 @@ import argparse
 import glob
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +52,8 @@ TARGET_WER = 0.12
 def run(cmd: list[str], log_path: Path) -> float:
     """Runs ``cmd`` in the repository with its output appended to ``log_path``; wall seconds."""
     print("$", " ".join(cmd), flush=True)
+    if cmd[0] == "asr-lightning" and shutil.which("asr-lightning") is None:  # venv not active
+        cmd = [sys.executable, "-m", "asr_lightning.cli", *cmd[1:]]
     start = time.monotonic()
     with log_path.open("a", encoding="utf-8") as log:
         result = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False)
