@@ -24,15 +24,12 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+from serve_load import Setting, start_server  # the script's folder is on sys.path
 
 from asr_lightning.audio.decode import load_audio
 from asr_lightning.serve.loading import load_transcriber
@@ -41,7 +38,6 @@ from asr_lightning.serve.requests import _decode_pcm
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16_000
 AN4_TEST = Path("an4/wav/an4test_clstk")
-STARTUP_TIMEOUT_S = 180.0
 
 
 def newest_model() -> Path:
@@ -65,33 +61,6 @@ def an4_clips(count: int) -> list[tuple[str, bytes]]:
         audio = load_audio(path, sample_rate=RATE)
         clips.append((path.name, (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()))
     return clips
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(model: Path, max_batch: int, log_path: Path):
-    port = _free_port()
-    command = [sys.executable, "-m", "asr_lightning.cli", "serve", str(model), "--port", str(port)]
-    command += ["--batching.max_batch_size", str(max_batch)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log_path.open("w") as log:  # the child keeps its own descriptor
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=5):
-                return process, url
-        except (urllib.error.URLError, ConnectionError):
-            if process.poll() is not None:
-                raise SystemExit(f"the server exited; see {log_path}") from None
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("the server did not come up")
 
 
 async def stream_clip(url: str, pcm: bytes, chunk_ms: float, speed: float) -> dict:
@@ -181,7 +150,8 @@ def main() -> None:
         for r in transcriber.transcribe_arrays([_decode_pcm(pcm, RATE, RATE) for _, pcm in clips])
     ]
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    process, url = start_server(model, args.max_batch, Path("/tmp/stream_latency_server.log"))
+    setting = Setting("stream", baseline=False, max_batch=args.max_batch, max_wait_ms=10.0)
+    process, url, _ = start_server(model, setting, REPO)  # serve_load.py's, log in /tmp
     rows = []
     try:
         asyncio.run(run_speed(url, clips[:1], args.chunk_ms, 0.0, 1))  # warm-up
