@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -12,6 +13,9 @@ from asr_lightning.errors import ConfigError
 from asr_lightning.model.families import head_module
 
 SchedulerKind = Literal["linear", "cosine", "constant"]
+#: What a schedule's length is: the run's optimizer steps, or its budget (the wall-clock limit
+#: ``trainer.max_time`` or the steps, whichever runs out first).
+ScheduleHorizon = Literal["steps", "budget"]
 
 
 def parameter_groups(
@@ -99,4 +103,72 @@ def build_scheduler(
     factor = functools.partial(
         lr_factor, warmup_steps=int(warmup_ratio * total), total_steps=total, kind=kind
     )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def lr_factor_at(progress: float, warmup_ratio: float, kind: SchedulerKind) -> float:
+    """Multiplier of the base learning rate at ``progress``, the fraction of the run done.
+
+    The same shape as :func:`lr_factor`, on fractions of the run instead of step counts: linear
+    warmup over the first ``warmup_ratio`` of it, then constant, linear or cosine decay to 0 at
+    ``progress`` 1. The warmup starts above 0 (at 1% of its span) so no step is wasted.
+    """
+    progress = min(1.0, max(0.0, progress))
+    if progress < warmup_ratio:
+        return max(progress / warmup_ratio, 0.01)
+    if kind == "constant":
+        return 1.0
+    decay = (progress - warmup_ratio) / max(1e-12, 1.0 - warmup_ratio)
+    if kind == "linear":
+        return 1.0 - decay
+    return 0.5 * (1.0 + math.cos(math.pi * decay))
+
+
+def budget_progress(
+    step: int, total_steps: float, elapsed_s: float, limit_s: float | None
+) -> float:
+    """Fraction of a run's budget spent: the larger of its steps' and its wall clock's.
+
+    Args:
+        step: optimizer steps done.
+        total_steps: the run's optimizer steps (``inf`` when only time bounds it).
+        elapsed_s: seconds of training so far.
+        limit_s: the wall-clock limit in seconds (``None`` when only steps bound it).
+    """
+    fractions = [step / total_steps] if math.isfinite(total_steps) and total_steps > 0 else []
+    if limit_s is not None and limit_s > 0:
+        fractions.append(elapsed_s / limit_s)
+    if not fractions:
+        raise ConfigError(
+            "schedule_horizon=budget needs a bound on the run: set trainer.max_time "
+            '(e.g. "00:00:30:00") and/or trainer.max_steps or trainer.max_epochs'
+        )
+    return min(1.0, max(fractions))
+
+
+def build_budget_scheduler(
+    optimizer: torch.optim.Optimizer,
+    kind: SchedulerKind,
+    warmup_ratio: float,
+    progress: Callable[[], float],
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Schedule over a run's budget: at each step the factor is ``lr_factor_at(progress())``.
+
+    With a wall-clock limit, the warmup and the decay take the same share of the run on a fast
+    machine as on a slow one, and the learning rate reaches zero when the limit stops the run,
+    whereas a step schedule sized for a faster machine is cut before it anneals.
+
+    Args:
+        optimizer: the optimizer whose groups' learning rates are scaled.
+        kind: ``linear`` or ``cosine`` decay to zero, or ``constant`` after warmup.
+        warmup_ratio: fraction of the budget spent warming up, in [0, 1].
+        progress: the fraction of the budget spent so far (see :func:`budget_progress`),
+            called once per optimizer step; it must give every process of a run the same value.
+    """
+    if not 0.0 <= warmup_ratio <= 1.0:
+        raise ConfigError(f"warmup_ratio must lie in [0, 1], got {warmup_ratio}")
+
+    def factor(_step: int) -> float:  # a plain function: LambdaLR does not pickle its state
+        return lr_factor_at(progress(), warmup_ratio, kind)
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -13,6 +13,7 @@ Batches are the dicts of :class:`asr_lightning.data.collate.CTCCollator`; this m
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +47,14 @@ from asr_lightning.model.metrics import (
     utterance_errors,
     write_jsonl,
 )
-from asr_lightning.model.optim import SchedulerKind, build_scheduler, parameter_groups
+from asr_lightning.model.optim import (
+    ScheduleHorizon,
+    SchedulerKind,
+    budget_progress,
+    build_budget_scheduler,
+    build_scheduler,
+    parameter_groups,
+)
 from asr_lightning.model.precision import bf16_warning
 from asr_lightning.training.loggers import loggable_hyperparameters, run_dir
 
@@ -92,6 +100,7 @@ class CTCModule(lightning.LightningModule):
         adam_epsilon: float = 1e-8,
         warmup_ratio: float = 0.05,
         scheduler: SchedulerKind = "linear",
+        schedule_horizon: ScheduleHorizon = "steps",
         blank_warning_patience: int = 3,
         decoding: dict[str, Any] | None = None,
         unreadable: UnreadablePolicy = "score",
@@ -136,6 +145,11 @@ class CTCModule(lightning.LightningModule):
             warmup_ratio: Fraction of all optimizer steps with linear warmup from zero.
             scheduler: Learning-rate shape after warmup: linear or cosine decay to zero, or
                 constant.
+            schedule_horizon: What the warmup and decay are fractions of: ``steps``, the run's
+                optimizer steps (``trainer.estimated_stepping_batches``, reproducible), or
+                ``budget``, whichever of ``trainer.max_time`` and the steps runs out first, so
+                a time-limited run anneals to zero at its limit on any machine (the learning
+                rate then depends on the machine's speed, so runs are not bit-reproducible).
             blank_warning_patience: Warn after this many consecutive evaluations in which every
                 transcript is empty (a model stuck on blanks).
             decoding: How validation, test and predict turn logits into text (greedy, or beam
@@ -525,11 +539,39 @@ class CTCModule(lightning.LightningModule):
             fused=(_fused_adamw_supported(groups) and self._clipping_allows_fused()) or None,
         )
         total = self.trainer.estimated_stepping_batches
-        scheduler = build_scheduler(optimizer, hp.scheduler, hp.warmup_ratio, total)
+        if hp.schedule_horizon == "budget":
+            scheduler = build_budget_scheduler(
+                optimizer, hp.scheduler, hp.warmup_ratio, self._budget_clock(total)
+            )
+        else:
+            scheduler = build_scheduler(optimizer, hp.scheduler, hp.warmup_ratio, total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _budget_clock(self, total_steps: float) -> Callable[[], float]:
+        """The fraction of the run's budget spent, read from Lightning's ``max_time`` Timer
+        (which restores its elapsed time on resume) and the global step. Every process gets
+        rank 0's value, as the Timer broadcasts its stop decision, so DDP ranks keep one
+        learning rate."""
+        from lightning.pytorch.callbacks import Timer
+
+        trainer = self.trainer
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        limit = None
+        if timer is not None and timer.time_remaining() is not None:
+            limit = timer.time_elapsed() + timer.time_remaining()
+        budget_progress(0, total_steps, 0.0, limit)  # a ConfigError now if nothing bounds it
+
+        def progress() -> float:
+            elapsed = timer.time_elapsed() if timer is not None else 0.0
+            fraction = budget_progress(trainer.global_step, total_steps, elapsed, limit)
+            if timer is not None and timer.start_time() is not None:  # training: all ranks
+                fraction = trainer.strategy.broadcast(fraction)
+            return fraction
+
+        return progress
 
     def _clipping_allows_fused(self) -> bool:
         """Lightning refuses to clip the gradients of a fused optimizer under mixed precision

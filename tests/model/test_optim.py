@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from asr_lightning.errors import ConfigError
-from asr_lightning.model.optim import build_scheduler, lr_factor, parameter_groups
+from asr_lightning.model.optim import (
+    budget_progress,
+    build_budget_scheduler,
+    build_scheduler,
+    lr_factor,
+    lr_factor_at,
+    parameter_groups,
+)
 from tests.model import tiny
 
 
@@ -71,3 +78,40 @@ def test_warmup_ratio_is_a_fraction():
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     with pytest.raises(ConfigError, match="warmup_ratio"):
         build_scheduler(optimizer, "linear", 5.0, 100)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_the_budget_shape_matches_the_step_shape(kind):
+    for step in range(10, 101):
+        assert lr_factor_at(step / 100, 0.1, kind) == pytest.approx(lr_factor(step, 10, 100, kind))
+    assert 0.0 < lr_factor_at(0.0, 0.1, kind) < lr_factor_at(0.05, 0.1, kind) < 1.0
+    assert lr_factor_at(1.5, 0.1, kind) == lr_factor_at(1.0, 0.1, kind)
+
+
+def test_the_budget_is_spent_by_whichever_bound_runs_out_first():
+    assert budget_progress(50, 100, 60.0, 600.0) == 0.5  # steps ahead of the clock
+    assert budget_progress(10, 100, 300.0, 600.0) == 0.5  # the clock ahead of the steps
+    assert budget_progress(10, math.inf, 150.0, 600.0) == 0.25  # only time bounds the run
+    assert budget_progress(25, 100, 9e9, None) == 0.25  # only steps bound it
+    assert budget_progress(200, 100, 0.0, None) == 1.0
+    with pytest.raises(ConfigError, match="max_time"):
+        budget_progress(0, math.inf, 0.0, None)
+
+
+def test_the_budget_scheduler_follows_its_clock_not_its_step_count():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    clock = [0.0]
+    scheduler = build_budget_scheduler(optimizer, "linear", 0.2, lambda: clock[0])
+    seen = []
+    for now in (0.1, 0.2, 0.6, 1.0, 1.0):
+        clock[0] = now
+        optimizer.step()
+        scheduler.step()
+        seen.append(optimizer.param_groups[0]["lr"])
+
+    assert seen == pytest.approx([0.5, 1.0, 0.5, 0.0, 0.0])
+    assert "lr_lambdas" not in scheduler.state_dict() or scheduler.state_dict()["lr_lambdas"] == [
+        None
+    ]  # the clock (which holds the trainer) is not saved in checkpoints
+    with pytest.raises(ConfigError, match="warmup_ratio"):
+        build_budget_scheduler(optimizer, "linear", 2.0, lambda: 0.0)

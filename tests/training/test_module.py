@@ -126,6 +126,32 @@ def test_the_head_gets_its_own_learning_rate(tmp_path):
         assert group["lr"] == (1e-2 if group["name"].startswith("head") else 1e-4)
 
 
+@pytest.mark.parametrize("horizon", ["budget", "steps"])
+def test_a_budget_schedule_anneals_by_the_time_limit_whatever_the_step_count(horizon, tmp_path):
+    class Rates(lightning.Callback):
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    module = tiny.scratch_module(
+        learning_rate=1e-3, scheduler="linear", warmup_ratio=0.0, schedule_horizon=horizon
+    )
+    rates = Rates()
+    batch = tiny.batch_of(module, [0.3])
+    trainer = tiny.trainer(tmp_path, max_epochs=100_000, max_time={"seconds": 4}, callbacks=[rates])
+    trainer.fit(module, tiny.loader(*[batch] * 10))
+
+    assert trainer.global_step < 100_000 * 10  # the time limit stopped it
+    assert len(rates.seen) >= 3
+    if horizon == "budget":  # decays with the clock, to ~0 at the limit
+        assert all(a >= b for a, b in zip(rates.seen, rates.seen[1:], strict=False))
+        assert rates.seen[-1] < 0.15e-3 < 0.5e-3 < rates.seen[0]
+    else:  # sized for 100,000 epochs: still at its peak when the clock stops it
+        assert rates.seen[-1] > 0.99e-3
+
+
 def test_validation_and_test_log_error_rates_and_write_transcripts(tmp_path):
     module = tiny.scratch_module()
     batch = tiny.batch_of(module, [0.3, 0.5])
