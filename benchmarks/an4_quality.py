@@ -10,7 +10,11 @@ Steps, each through the ``asr-lightning`` command:
 4. ``asr-lightning fit --config configs/an4.yaml`` under a wall-clock limit;
 5. ``asr-lightning test`` with the best checkpoint (lowest development WER) and the last one;
    with ``--average K`` also with the average of the K best (``asr-lightning average --best K``,
-   the fit keeping K checkpoints).
+   the fit keeping K checkpoints);
+6. with ``--lm``: the model with the lower development WER of the best checkpoint and the
+   average is chosen, a word 3-gram is built from the training transcripts
+   (``scripts/build_ngram.py``), its weight and word bonus are chosen on the development set
+   from ``inference_speed.py``'s grid, and the test set is decoded once with them (beam 32).
 
 It prints the training minutes, the test WER/CER and the development WER/CER curve over time
 (read from the TensorBoard event files) and exits with 1 when the test WER misses the target.
@@ -18,6 +22,8 @@ It prints the training minutes, the test WER/CER and the development WER/CER cur
     python benchmarks/an4_quality.py                     # the full 30-minute run
     python benchmarks/an4_quality.py --prepare-only      # steps 1-3, then use the config alone
     python benchmarks/an4_quality.py --average 5         # also test the average of the 5 best
+    python benchmarks/an4_quality.py --average 5 --lm    # and the dev-chosen model with an LM
+    python benchmarks/an4_quality.py --work-dir W --reuse-fit --average 5 --lm  # W's fit again
 """
 
 from __future__ import annotations
@@ -134,6 +140,38 @@ def test(config: Path, ckpt: Path, out: Path, log_path: Path) -> tuple[float, fl
     return found["test/wer"][-1][2], found["test/cer"][-1][2]
 
 
+def with_lm(candidates: dict[str, Path], work: Path, log_path: Path, beam: int) -> dict:
+    """Step 6: the dev-chosen model, a 3-gram from the training transcripts with weights
+    chosen on dev, and its test WER (the test set is decoded once, after every choice)."""
+    from inference_speed import _beam, _read, _texts_with, _tune_lm, _wer
+
+    from asr_lightning.inference.transcriber import Transcriber
+
+    dev, test_manifest = REPO / MANIFESTS / "dev.jsonl", REPO / MANIFESTS / "test.jsonl"
+    dev_wers = {}
+    for name, folder in candidates.items():
+        transcriber = Transcriber.from_pretrained(folder)
+        _, audios, references = _read(dev, transcriber.tokenizer)
+        dev_wers[name] = _wer(references, [r.text for r in transcriber.transcribe_arrays(audios)])
+    chosen = min(dev_wers, key=dev_wers.__getitem__)
+    print(f"dev WER greedy: {dev_wers} -> {chosen}")
+    lm = work / "train_3gram.arpa"
+    build = [sys.executable, "scripts/build_ngram.py", str(MANIFESTS / "train_minus_dev.jsonl")]
+    run([*build, "--model", str(candidates[chosen]), "--order", "3", "--output", str(lm)], log_path)
+    transcriber = Transcriber.from_pretrained(candidates[chosen])
+    tuned = _tune_lm(transcriber, dev, str(lm), beam)
+    _, audios, references = _read(test_manifest, transcriber.tokenizer)
+    greedy = _wer(references, [r.text for r in transcriber.transcribe_arrays(audios)])
+    decoder = _beam(transcriber, str(lm), beam, alpha=tuned["alpha"], beta=tuned["beta"])
+    return {
+        "chosen": chosen,
+        "dev_wers": dev_wers,
+        "tuned": tuned,
+        "test_greedy": greedy,
+        "test_lm": _wer(references, _texts_with(transcriber, decoder, audios)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--an4", type=Path, default=REPO.parent / "shared/data/an4")
@@ -146,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         "--average", type=int, default=0, metavar="K",
         help="also test the average of the K best checkpoints by dev WER (fit keeps K)",
     )  # fmt: skip
+    parser.add_argument(
+        "--lm", action="store_true",
+        help="also decode the dev-chosen model with a training-transcript 3-gram (weights on dev)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reuse-fit", action="store_true",
+        help="no training: steps 5-6 on the newest fit of --work-dir (its --extra and --average)",
+    )  # fmt: skip
+    parser.add_argument("--beam-width", type=int, default=32, help="beam of the --lm row")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fit options")
     args = parser.parse_args(argv)
 
@@ -171,21 +218,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.average:  # keep the K best (the config keeps 2); what is trained does not change
         fit_cmd += ["--checkpoint.save_top_k", str(max(args.average, 2))]
     fit_cmd += args.extra
-    fit_started = time.time()
-    fit_seconds = run(fit_cmd, log_path)
+    started_file = work / "fit_started.txt"
+    if args.reuse_fit:
+        fit_started, fit_seconds = (float(v) for v in started_file.read_text().split())
+    else:
+        fit_started = time.time()
+        fit_seconds = run(fit_cmd, log_path)
+        started_file.write_text(f"{fit_started} {fit_seconds}\n")
 
     fit_dir = newest_version(work / "fit")
     curve = scalars(fit_dir, ("val/wer", "val/cer"))
     best = best_checkpoint(fit_dir / "checkpoints")
-    best_wer, best_cer = test(args.config, best, work / "test_best", log_path)
+    fit_config = fit_dir / "config.yaml"  # the fit's own settings (--extra included)
+    best_wer, best_cer = test(fit_config, best, work / "test_best", log_path)
     last_wer, last_cer = test(
-        args.config, fit_dir / "checkpoints/last.ckpt", work / "test_last", log_path
+        fit_config, fit_dir / "checkpoints/last.ckpt", work / "test_last", log_path
     )
     if args.average:
         averaged = work / f"averaged_best{args.average}.ckpt"
         average_cmd = ["asr-lightning", "average", str(fit_dir), "--best", str(args.average)]
-        run([*average_cmd, "--output", str(averaged)], log_path)
-        avg_wer, avg_cer = test(args.config, averaged, work / "test_averaged", log_path)
+        averaged_hf = work / f"averaged_best{args.average}_hf"
+        run([*average_cmd, "--output", str(averaged), "--hf-output", str(averaged_hf)], log_path)
+        avg_wer, avg_cer = test(fit_config, averaged, work / "test_averaged", log_path)
+    if args.lm:  # hf_model/ is the best checkpoint's
+        candidates = {"best on dev": fit_dir / "hf_model"}
+        if args.average:
+            candidates[f"average of the {args.average} best"] = averaged_hf
+        lm = with_lm(candidates, work, log_path, args.beam_width)
 
     print(f"\nfit (start-up + training + end-of-fit export): {fit_seconds / 60:.1f} min")
     print(f"run folder: {fit_dir}\n")
@@ -196,6 +255,18 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| average of the {args.average} best on dev | {100 * avg_wer:.1f}% | "
             f"{100 * avg_cer:.1f}% |"
+        )
+    if args.lm:
+        tuned = lm["tuned"]
+        print(
+            f"| {lm['chosen']} (chosen on dev: greedy dev WER "
+            f"{', '.join(f'{k} {v:.1f}%' for k, v in lm['dev_wers'].items())}), "
+            f"greedy in-process | {lm['test_greedy']:.1f}% | |"
+        )
+        print(
+            f"| the same + 3-gram of the training transcripts, beam {args.beam_width}, "
+            f"alpha {tuned['alpha']} beta {tuned['beta']} (chosen on dev: "
+            f"{tuned['dev_wer']:.1f}%) | **{lm['test_lm']:.1f}%** | |"
         )
     print()
     print("| minutes since fit started | step | dev WER | dev CER |")
