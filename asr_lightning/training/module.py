@@ -593,9 +593,31 @@ class CTCModule(lightning.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_checkpoint_shapes(checkpoint.get("state_dict", {}))
         state = checkpoint.get("asr_lightning", {})
         self._skipped_total = state.get("skipped_total", 0)
         self._blank_only_evaluations = state.get("blank_only_evaluations", 0)
+
+    def _check_checkpoint_shapes(self, weights: dict[str, Any]) -> None:
+        """A checkpoint of another vocabulary or architecture than the config builds is a
+        ConfigError naming both, not a ``load_state_dict`` size-mismatch traceback."""
+        own = self.state_dict()
+        mismatched = [
+            f"{name} {tuple(tensor.shape)} in the checkpoint, {tuple(own[name].shape)} here"
+            for name, tensor in weights.items()
+            if name in own and hasattr(tensor, "shape") and tensor.shape != own[name].shape
+        ]
+        if not mismatched:
+            return
+        trainer = self._trainer
+        source = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        raise ConfigError(
+            f"checkpoint {source or '(given)'} does not fit the model this config builds: "
+            f"{'; '.join(mismatched[:3])}. A different "
+            "vocabulary (data.vocab_type, data.vocab_size, the training manifest) or "
+            "model.config_overrides changes these shapes: pass the fit's own config "
+            "(<run folder>/config.yaml, e.g. --config runs/NAME/version_N/config.yaml)"
+        )
 
     def save_hf(self, directory: str | Path) -> Path:
         """Save model (safetensors), feature extractor, tokenizer and decoding (with its LM) as

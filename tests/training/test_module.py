@@ -276,6 +276,20 @@ def test_a_checkpoint_restores_the_model(tmp_path):
         torch.testing.assert_close(restored(batch)[0], module.eval()(batch)[0])
 
 
+def test_a_checkpoint_of_another_vocabulary_is_refused_naming_it_and_the_fix(tmp_path):
+    module = tiny.scratch_module(warmup_ratio=0.0)
+    batch = tiny.batch_of(module, [0.3])
+    trainer = tiny.trainer(tmp_path, max_steps=1)
+    trainer.fit(module, tiny.loader(batch))
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    other = tiny.scratch_module(vocab={"<pad>": 0, "<unk>": 1, "|": 2, "x": 3, "y": 4})
+
+    with pytest.raises(ConfigError, match=r"last\.ckpt does not fit .*config\.yaml") as error:
+        tiny.trainer(tmp_path).test(other, tiny.loader(batch), ckpt_path=ckpt)
+    assert "lm_head.weight" in str(error.value)
+
+
 def test_training_settings_reach_the_model_configuration():
     module = tiny.scratch_module(
         mask_time_prob=0.3, mask_feature_prob=0.1, layerdrop=0.0, gradient_checkpointing=True
