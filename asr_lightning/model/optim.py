@@ -67,12 +67,16 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: SchedulerKin
     """
     if step < warmup_steps:
         return (step + 1) / (warmup_steps + 1)
+    return _decayed(min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)), kind)
+
+
+def _decayed(decay: float, kind: SchedulerKind) -> float:
+    """The factor after warmup, ``decay`` of the way (0 to 1) from the peak to the end."""
     if kind == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if kind == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - decay
+    return 0.5 * (1.0 + math.cos(math.pi * decay))
 
 
 def build_scheduler(
@@ -116,12 +120,7 @@ def lr_factor_at(progress: float, warmup_ratio: float, kind: SchedulerKind) -> f
     progress = min(1.0, max(0.0, progress))
     if progress < warmup_ratio:
         return max(progress / warmup_ratio, 0.01)
-    if kind == "constant":
-        return 1.0
-    decay = (progress - warmup_ratio) / max(1e-12, 1.0 - warmup_ratio)
-    if kind == "linear":
-        return 1.0 - decay
-    return 0.5 * (1.0 + math.cos(math.pi * decay))
+    return _decayed((progress - warmup_ratio) / max(1e-12, 1.0 - warmup_ratio), kind)
 
 
 def budget_progress(
