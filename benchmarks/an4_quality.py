@@ -148,9 +148,9 @@ def with_lm(candidates: dict[str, Path], work: Path, log_path: Path, beam: int) 
     from asr_lightning.inference.transcriber import Transcriber
 
     dev, test_manifest = REPO / MANIFESTS / "dev.jsonl", REPO / MANIFESTS / "test.jsonl"
-    dev_wers = {}
+    dev_wers, transcribers = {}, {}
     for name, folder in candidates.items():
-        transcriber = Transcriber.from_pretrained(folder)
+        transcribers[name] = transcriber = Transcriber.from_pretrained(folder)
         _, audios, references = _read(dev, transcriber.tokenizer)
         dev_wers[name] = _wer(references, [r.text for r in transcriber.transcribe_arrays(audios)])
     chosen = min(dev_wers, key=dev_wers.__getitem__)
@@ -158,7 +158,7 @@ def with_lm(candidates: dict[str, Path], work: Path, log_path: Path, beam: int) 
     lm = work / "train_3gram.arpa"
     build = [sys.executable, "scripts/build_ngram.py", str(MANIFESTS / "train_minus_dev.jsonl")]
     run([*build, "--model", str(candidates[chosen]), "--order", "3", "--output", str(lm)], log_path)
-    transcriber = Transcriber.from_pretrained(candidates[chosen])
+    transcriber = transcribers[chosen]
     tuned = _tune_lm(transcriber, dev, str(lm), beam)
     _, audios, references = _read(test_manifest, transcriber.tokenizer)
     greedy = _wer(references, [r.text for r in transcriber.transcribe_arrays(audios)])
