@@ -165,12 +165,20 @@ def _texts_with(transcriber: Transcriber, decoder: CTCDecoder, audios) -> list[s
         transcriber.decoder = own
 
 
-def _tune_lm(transcriber: Transcriber, manifest: Path, lm: str, beam: int) -> dict:
-    """The (alpha, beta) of the grid with the lowest WER on a held-out manifest (not the test)."""
+def _tune_lm(
+    transcriber: Transcriber,
+    manifest: Path,
+    lm: str,
+    beam: int,
+    alphas: tuple[float, ...] = TUNE_ALPHAS,
+    betas: tuple[float, ...] = TUNE_BETAS,
+) -> dict:
+    """The (alpha, beta) of the grid with the lowest WER on a held-out manifest (not the test);
+    ``at_edge`` names the weights chosen at the grid's largest value."""
     _, audios, references = _read(manifest, transcriber.tokenizer)
     best: dict = {}
-    for alpha in TUNE_ALPHAS:
-        for beta in TUNE_BETAS:
+    for alpha in alphas:
+        for beta in betas:
             decoder = _beam(transcriber, lm, beam, alpha=alpha, beta=beta)
             wer = _wer(references, _texts_with(transcriber, decoder, audios))
             if not best or wer < best["dev_wer"]:
@@ -178,6 +186,9 @@ def _tune_lm(transcriber: Transcriber, manifest: Path, lm: str, beam: int) -> di
     best["dev_wer_greedy"] = _wer(
         references, [r.text for r in transcriber.transcribe_arrays(audios)]
     )
+    best["at_edge"] = [
+        name for name, grid in (("alpha", alphas), ("beta", betas)) if best[name] == max(grid)
+    ]
     best["manifest"] = str(manifest)
     print(f"LM weights tuned on {manifest}: {best}")
     return best
