@@ -14,7 +14,7 @@ Steps, each through the ``asr-lightning`` command:
 6. with ``--lm``: the model with the lower development WER of the best checkpoint and the
    average is chosen, a word 3-gram is built from the training transcripts
    (``scripts/build_ngram.py``), its weight and word bonus are chosen on the development set
-   from ``inference_speed.py``'s grid, and the test set is decoded once with them (beam 32).
+   from a grid (``--lm-alphas``, ``--lm-betas``), and the test set is decoded once with them.
 
 It prints the training minutes, the test WER/CER and the development WER/CER curve over time
 (read from the TensorBoard event files) and exits with 1 when the test WER misses the target.
@@ -53,8 +53,8 @@ NOISE_SECONDS = 60
 NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 SAMPLE_RATE = 16_000
 TARGET_WER = 0.12
-# The LM weight and word bonus chosen on dev for step 6: wider than inference_speed.py's
-# 4 x 4 grid, whose largest weight (1.2) won on AN4's dev speakers (BENCHMARKS.md).
+# The LM weight and word bonus chosen on dev for step 6 (--lm-alphas, --lm-betas): wider than
+# inference_speed.py's 4 x 4 grid, whose largest weight (1.2) won on AN4's dev speakers.
 LM_ALPHAS = (0.3, 0.5, 0.8, 1.2, 1.6, 2.0, 2.5)
 LM_BETAS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
 
@@ -144,7 +144,13 @@ def test(config: Path, ckpt: Path, out: Path, log_path: Path) -> tuple[float, fl
     return found["test/wer"][-1][2], found["test/cer"][-1][2]
 
 
-def with_lm(candidates: dict[str, Path], work: Path, log_path: Path, beam: int) -> dict:
+def with_lm(
+    candidates: dict[str, Path],
+    work: Path,
+    log_path: Path,
+    beam: int,
+    grid: tuple[tuple[float, ...], tuple[float, ...]],
+) -> dict:
     """Step 6: the dev-chosen model, a 3-gram from the training transcripts with weights
     chosen on dev, and its test WER (the test set is decoded once, after every choice)."""
     from inference_speed import _beam, _read, _texts_with, _tune_lm, _wer
@@ -163,15 +169,13 @@ def with_lm(candidates: dict[str, Path], work: Path, log_path: Path, beam: int) 
     build = [sys.executable, "scripts/build_ngram.py", str(MANIFESTS / "train_minus_dev.jsonl")]
     run([*build, "--model", str(candidates[chosen]), "--order", "3", "--output", str(lm)], log_path)
     transcriber = transcribers[chosen]
-    tuned = _tune_lm(transcriber, dev, str(lm), beam, LM_ALPHAS, LM_BETAS)
+    tuned = _tune_lm(transcriber, dev, str(lm), beam, *grid)
     _, audios, references = _read(test_manifest, transcriber.tokenizer)
-    greedy = _wer(references, [r.text for r in transcriber.transcribe_arrays(audios)])
     decoder = _beam(transcriber, str(lm), beam, alpha=tuned["alpha"], beta=tuned["beta"])
     return {
         "chosen": chosen,
         "dev_wers": dev_wers,
         "tuned": tuned,
-        "test_greedy": greedy,
         "test_lm": _wer(references, _texts_with(transcriber, decoder, audios)),
     }
 
@@ -197,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         help="no training: steps 5-6 on the newest fit of --work-dir (its --extra and --average)",
     )  # fmt: skip
     parser.add_argument("--beam-width", type=int, default=32, help="beam of the --lm row")
+    parser.add_argument(
+        "--lm-alphas", type=float, nargs="+", default=LM_ALPHAS, metavar="A",
+        help="LM weights tried on dev for the --lm row",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lm-betas", type=float, nargs="+", default=LM_BETAS, metavar="B",
+        help="word bonuses tried on dev for the --lm row",
+    )  # fmt: skip
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more fit options")
     args = parser.parse_args(argv)
 
@@ -231,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         started_file.write_text(f"{fit_started} {fit_seconds}\n")
 
     fit_dir = newest_version(work / "fit")
-    curve = scalars(fit_dir, ("val/wer", "val/cer"))
+    curve = scalars(fit_dir, ("val/wer", "val/cer", "train/loss"))
     best = best_checkpoint(fit_dir / "checkpoints")
     fit_config = fit_dir / "config.yaml"  # the fit's own settings (--extra included)
     best_wer, best_cer = test(fit_config, best, work / "test_best", log_path)
@@ -248,10 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         candidates = {"best on dev": fit_dir / "hf_model"}
         if args.average:
             candidates[f"average of the {args.average} best"] = averaged_hf
-        lm = with_lm(candidates, work, log_path, args.beam_width)
+        grid = (tuple(args.lm_alphas), tuple(args.lm_betas))
+        lm = with_lm(candidates, work, log_path, args.beam_width, grid)
 
     print(f"\nfit (start-up + training + end-of-fit export): {fit_seconds / 60:.1f} min")
-    print(f"run folder: {fit_dir}\n")
+    print(f"run folder: {fit_dir}")
+    losses = curve["train/loss"]
+    recent = [value for step, _, value in losses if step > losses[-1][0] - 1000]
+    print(f"mean training loss over the last 1000 steps: {sum(recent) / len(recent):.3f}\n")
     print("| checkpoint | test WER | test CER |\n| --- | --- | --- |")
     print(f"| best on dev ({best.name}) | {100 * best_wer:.1f}% | {100 * best_cer:.1f}% |")
     print(f"| last | {100 * last_wer:.1f}% | {100 * last_cer:.1f}% |")
@@ -262,13 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.lm:
         tuned = lm["tuned"]
+        dev_wers = ", ".join(f"{k} {v:.1f}%" for k, v in lm["dev_wers"].items())
         print(
-            f"| {lm['chosen']} (chosen on dev: greedy dev WER "
-            f"{', '.join(f'{k} {v:.1f}%' for k, v in lm['dev_wers'].items())}), "
-            f"greedy in-process | {lm['test_greedy']:.1f}% | |"
-        )
-        print(
-            f"| the same + 3-gram of the training transcripts, beam {args.beam_width}, "
+            f"| {lm['chosen']} (chosen on dev, greedy dev WER {dev_wers}) + 3-gram of the "
+            f"training transcripts, beam {args.beam_width}, "
             f"alpha {tuned['alpha']} beta {tuned['beta']} (chosen on dev: "
             f"{tuned['dev_wer']:.1f}%) | **{lm['test_lm']:.1f}%** | |"
         )
