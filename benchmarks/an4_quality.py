@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run folder: {fit_dir}")
     losses = curve["train/loss"]
     recent = [value for step, _, value in losses if step > losses[-1][0] - 1000]
-    print(f"mean training loss over the last 1000 steps: {sum(recent) / len(recent):.3f}\n")
+    print(f"mean training loss over the last 1000 steps: {sum(recent) / len(recent):.3g}\n")
     print("| checkpoint | test WER | test CER |\n| --- | --- | --- |")
     print(f"| best on dev ({best.name}) | {100 * best_wer:.1f}% | {100 * best_cer:.1f}% |")
     print(f"| last | {100 * last_wer:.1f}% | {100 * last_cer:.1f}% |")
