@@ -17,7 +17,9 @@ Steps, each through the ``asr-lightning`` command:
    from a grid (``--lm-alphas``, ``--lm-betas``), and the test set is decoded once with them.
 
 It prints the training minutes, the test WER/CER and the development WER/CER curve over time
-(read from the TensorBoard event files) and exits with 1 when the test WER misses the target.
+(read from the TensorBoard event files) and exits with 1 when the greedy test WER of the model
+dev chose (with ``--lm``: the best checkpoint or the average; otherwise the best) misses the
+target.
 
     python benchmarks/an4_quality.py                     # the full 30-minute run
     python benchmarks/an4_quality.py --prepare-only      # steps 1-3, then use the config alone
@@ -296,8 +298,16 @@ def main(argv: list[str] | None = None) -> int:
             f"| {(wall - fit_started) / 60:.1f} | {step} | {100 * wer:.1f}% | "
             f"{100 * cers.get(step, float('nan')):.1f}% |"
         )
-    hit = best_wer <= args.target_wer
-    print(f"\ntarget test WER <= {100 * args.target_wer:.0f}%: {'met' if hit else 'MISSED'}")
+    # the verdict is on the model dev chose (--lm chooses between the best and the average)
+    greedy = {"best on dev": best_wer}
+    if args.average:
+        greedy[f"average of the {args.average} best"] = avg_wer
+    chosen = lm["chosen"] if args.lm else "best on dev"
+    hit = greedy[chosen] <= args.target_wer
+    print(
+        f"\ntarget test WER <= {100 * args.target_wer:.0f}% ({chosen}, greedy: "
+        f"{100 * greedy[chosen]:.1f}%): {'met' if hit else 'MISSED'}"
+    )
     return 0 if hit else 1
 
 
